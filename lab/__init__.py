@@ -1,0 +1,18 @@
+"""The sampler lab: diffusion samplers seen as optimisers.
+
+    import lab
+    sig  = lab.schedules.karras(20)
+    x    = lab.noise((16, 2), seed=0) * sig[0]
+    traj = lab.sample(model, x, sig, "heun")
+"""
+
+from . import metrics, models, rules, schedules
+from .denoiser import CallCounter, Denoiser
+from .sample import NonFiniteError, Step, sample, steps
+from .seeding import noise
+from .trajectory import Trajectory
+
+__version__ = "0.1.0"
+
+__all__ = ["Denoiser", "CallCounter", "NonFiniteError", "Step", "Trajectory", "metrics",
+           "models", "noise", "rules", "sample", "schedules", "steps"]

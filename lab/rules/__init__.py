@@ -1,0 +1,41 @@
+"""Update rules: optimisers, ODE solvers and noise injection, behind one registry.
+
+    lab.rules.available()                      # every registered name
+    lab.rules.get("momentum", beta=0.9)        # a Rule
+    lab.rules.ancestral("heun", eta=0.5)       # noise wraps any deterministic rule
+"""
+
+from .base import (Param, Rule, Wrapper, available, describe, get, nfe, resolve,
+                   steps_for_budget)
+from .noise import Ancestral, AnnealedLangevin, Churn, Langevin, ancestral_step
+from .optimizers import Adam, Momentum, Nesterov, Plain, TorchOptim
+from .solvers import LMS, RK4, DPMSolverPP2M, Euler, Heun, Midpoint, lms_coefficients
+
+
+def ancestral(rule="euler", **params) -> Ancestral:
+    """``rule`` (a name or Rule) with ancestral noise; see :class:`Ancestral`."""
+    return Ancestral(rule=rule, **params)
+
+
+def churn(rule="euler", **params) -> Churn:
+    """``rule`` with EDM churn; see :class:`Churn`."""
+    return Churn(rule=rule, **params)
+
+
+def langevin(rule="euler", **params) -> Langevin:
+    """``rule`` followed by a Langevin corrector; see :class:`Langevin`."""
+    return Langevin(rule=rule, **params)
+
+
+def optim(optimizer="SGD", lr_scale: float = 1.0, **optimizer_kwargs) -> TorchOptim:
+    """Any torch.optim optimiser as a rule; see :class:`TorchOptim`."""
+    return TorchOptim(optimizer, lr_scale=lr_scale, **optimizer_kwargs)
+
+
+__all__ = [
+    "Param", "Rule", "Wrapper", "available", "describe", "get", "nfe", "resolve",
+    "steps_for_budget", "ancestral", "churn", "langevin", "optim", "ancestral_step",
+    "Euler", "Heun", "Midpoint", "RK4", "LMS", "DPMSolverPP2M", "lms_coefficients",
+    "Plain", "Momentum", "Nesterov", "Adam", "TorchOptim",
+    "Ancestral", "Churn", "Langevin", "AnnealedLangevin",
+]

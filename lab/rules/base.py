@@ -1,0 +1,220 @@
+"""The rule contract and the registry.
+
+A rule moves ``x`` from ``sigma`` to ``sigma_next``:
+
+    x_next, x0_hat = rule.step(model, x, sigma, sigma_next, noise)
+
+``model`` is a denoiser callable (the loop counts its calls), ``x0_hat`` is the
+denoiser's output at the start of the step (what trajectories record), ``noise()``
+draws fresh per-sample noise shaped like ``x``. Multistep rules keep history on
+the object and clear it in :meth:`Rule.reset`. No rule calls the model at sigma 0.
+
+Each rule declares its parameters as :class:`Param` so that widgets and studies
+build controls and grids from the registry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["Param", "Rule", "Wrapper", "available", "get", "describe", "resolve", "nfe",
+           "steps_for_budget"]
+
+_REGISTRY: dict[str, type[Rule]] = {}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A rule parameter: name, default and valid closed range ``[low, high]``.
+
+    A tuple default (Adam's ``betas``) applies the range to each element. A string
+    default (a wrapper's inner ``rule``) takes any registered deterministic rule.
+    ``log`` hints that widgets and grids should space values geometrically.
+    """
+
+    name: str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    doc: str = ""
+    integer: bool = False
+    log: bool = False
+
+    def check(self, value, rule: str):
+        if isinstance(self.default, str):
+            if not (isinstance(value, str) or isinstance(value, Rule)):
+                raise TypeError(f"{rule}: {self.name} must be a rule name or Rule, got {value!r}")
+            return value
+        values = value if isinstance(self.default, tuple) else (value,)
+        if isinstance(self.default, tuple) and (not isinstance(value, (tuple, list))
+                                                or len(value) != len(self.default)):
+            raise ValueError(f"{rule}: {self.name} must be a tuple of {len(self.default)} "
+                             f"numbers, got {value!r}")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{rule}: {self.name} must be a number, got {v!r}")
+            if self.integer and int(v) != v:
+                raise ValueError(f"{rule}: {self.name} must be an integer, got {v!r}")
+            lo = -math.inf if self.low is None else self.low
+            hi = math.inf if self.high is None else self.high
+            if not (math.isfinite(v) and lo <= v <= hi):
+                raise ValueError(f"{rule}: {self.name} = {v!r} is outside its valid range "
+                                 f"[{lo}, {hi}]")
+        if isinstance(self.default, tuple):
+            return tuple(values)
+        return int(value) if self.integer else value
+
+
+class Rule:
+    """Base of all update rules. Subclasses set ``name``, ``params`` and ``step``."""
+
+    name: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    stochastic: ClassVar[bool] = False
+    #: The loop runs under torch.inference_mode unless a rule needs real autograd
+    #: tensors (the torch.optim adapter).
+    inference_safe: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__dict__.get("name"):
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, **kwargs):
+        known = {p.name: p for p in self.params}
+        unknown = set(kwargs) - set(known)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; "
+                            f"it takes {sorted(known) or 'none'}")
+        for p in self.params:
+            setattr(self, p.name, p.check(kwargs.get(p.name, p.default), self.name))
+        self.reset()
+
+    def reset(self, sigmas: Tensor | None = None) -> None:
+        """Forget history; ``sigmas`` is the schedule about to be run."""
+
+    def step(self, model, x: Tensor, sigma: float, sigma_next: float, noise):
+        raise NotImplementedError
+
+    def calls(self, sigma: float, sigma_next: float) -> int:
+        """Model calls this rule makes for one step (the last step may be cheaper)."""
+        return 1
+
+    @property
+    def config(self) -> dict:
+        out = {}
+        for p in self.params:
+            v = getattr(self, p.name)
+            out[p.name] = v.config_name if isinstance(v, Rule) else v
+        return out
+
+    @property
+    def config_name(self) -> str:
+        """A compact label such as ``momentum(beta=0.9)``."""
+        args = ", ".join(f"{k}={_fmt(v)}" for k, v in self.config.items()
+                         if v != _default(type(self), k))
+        return f"{self.name}({args})" if args else self.name
+
+    def __repr__(self) -> str:
+        return self.config_name
+
+
+def _default(cls, name):
+    return next(p.default for p in cls.params if p.name == name)
+
+
+def _fmt(v):
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+class Wrapper(Rule):
+    """A rule that adds something (noise, a corrector) around any deterministic rule."""
+
+    stochastic = True
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("rule", "euler", doc="the deterministic rule it wraps"),
+    )
+
+    def __init__(self, rule: str | Rule = "euler", **kwargs):
+        inner = rule if isinstance(rule, Rule) else get(rule)
+        if inner.stochastic:
+            raise ValueError(f"{self.name} wraps a deterministic rule; {inner.name} already "
+                             "injects noise (nest wrappers explicitly if you mean to)")
+        self.inner = inner
+        super().__init__(rule=inner, **kwargs)
+
+    @property
+    def inference_safe(self):  # type: ignore[override]
+        return self.inner.inference_safe
+
+    def reset(self, sigmas=None):
+        if hasattr(self, "inner"):
+            self.inner.reset(sigmas)
+
+    def calls(self, sigma, sigma_next):
+        return self.inner.calls(sigma, sigma_next)
+
+
+def available(kind: str | None = None) -> list[str]:
+    """Names of the registered rules; ``kind`` filters: 'deterministic' or 'stochastic'."""
+    names = sorted(_REGISTRY)
+    if kind is None:
+        return names
+    if kind not in ("deterministic", "stochastic"):
+        raise ValueError("kind must be None, 'deterministic' or 'stochastic'")
+    return [n for n in names if _REGISTRY[n].stochastic == (kind == "stochastic")]
+
+
+def get(name: str, **params) -> Rule:
+    """A new rule by registry name, e.g. ``get("momentum", beta=0.9)``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown rule {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name](**params)
+
+
+def describe(name: str) -> tuple[Param, ...]:
+    """The declared parameters of a registered rule."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown rule {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name].params
+
+
+def resolve(rule) -> Rule:
+    """A Rule from a Rule or a registry name."""
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(rule, str):
+        return get(rule)
+    raise TypeError(f"rule must be a Rule or a registry name, got {type(rule).__name__}")
+
+
+def nfe(rule, sigmas) -> int:
+    """Model calls ``rule`` makes over a schedule, without running it."""
+    rule = resolve(rule)
+    s = [float(v) for v in sigmas]
+    return sum(rule.calls(a, b) for a, b in zip(s[:-1], s[1:]))
+
+
+def steps_for_budget(rule, budget: int, schedule, max_steps: int = 10_000) -> int | None:
+    """The largest step count n whose ``schedule(n)`` fits ``budget`` model calls."""
+    best = None
+    for n in range(1, max_steps + 1):
+        cost = nfe(rule, schedule(n))
+        if cost > budget:
+            break
+        best = n
+    return best
+
+
+def broadcast(v: Tensor, x: Tensor) -> Tensor:
+    """Per-sample values ``(B,)`` shaped to broadcast against ``x``."""
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def per_sample_norm(v: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(v.flatten(1), dim=1)

@@ -1,0 +1,137 @@
+"""Noise re-injection as wrappers around any deterministic rule.
+
+Each wrapper at zero strength is exactly the rule it wraps, and draws no noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .base import Param, Rule, Wrapper, broadcast, per_sample_norm
+
+
+def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """``(sigma_down, sigma_up)``: step deterministically to sigma_down, add sigma_up noise.
+
+    k-diffusion ``get_ancestral_step``.
+    """
+    if eta == 0 or sigma_next == 0:
+        return sigma_next, 0.0
+    sigma_up = min(sigma_next,
+                   eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
+
+
+class Ancestral(Wrapper):
+    """Ancestral sampling: the wrapped rule steps to ``sigma_down``, then noise of
+    ``sigma_up`` brings the marginal back to ``sigma_next``. ``eta = 1`` with Euler is
+    DDPM-like ancestral sampling, ``eta = 0`` the deterministic rule.
+
+    Order 1 in the weak sense whatever the inner rule; NFE of the inner rule.
+    k-diffusion ``sample_euler_ancestral``; Song et al. 2021 (DDIM eta).
+    """
+
+    name = "ancestral"
+    params = (*Wrapper.params, Param("eta", 1.0, 0.0, 1.0, doc="noise re-injected per step"))
+
+    def step(self, model, x, sigma, sigma_next, noise):
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, self.eta)
+        x, x0 = self.inner.step(model, x, sigma, sigma_down, noise)
+        if sigma_up > 0:
+            x = x + sigma_up * noise(x)
+        return x, x0
+
+
+class Churn(Wrapper):
+    """EDM stochastic sampling: raise sigma to ``sigma_hat = sigma (1 + gamma)`` by adding
+    noise, then take the wrapped rule's step from ``sigma_hat`` to ``sigma_next``.
+
+    ``gamma = min(s_churn / N, sqrt(2) - 1)`` for ``s_tmin <= sigma <= s_tmax``, N the
+    number of steps. NFE of the inner rule. Karras et al. 2022, Algorithm 2.
+    """
+
+    name = "churn"
+    params = (*Wrapper.params,
+              Param("s_churn", 40.0, 0.0, 1000.0, doc="total churn over the schedule"),
+              Param("s_tmin", 0.05, 0.0, 1000.0, doc="churn only for sigma >= s_tmin"),
+              Param("s_tmax", 50.0, 0.0, 1e6, doc="churn only for sigma <= s_tmax"),
+              Param("s_noise", 1.003, 0.0, 2.0, doc="scale of the added noise"))
+
+    def reset(self, sigmas=None):
+        super().reset(sigmas)
+        self.num_steps = None if sigmas is None else len(sigmas) - 1
+
+    def step(self, model, x, sigma, sigma_next, noise):
+        if self.num_steps is None:
+            raise RuntimeError("churn needs the schedule: call reset(sigmas) first "
+                               "(lab.sample does this)")
+        gamma = 0.0
+        if self.s_tmin <= sigma <= self.s_tmax:
+            gamma = min(self.s_churn / self.num_steps, math.sqrt(2) - 1)
+        if gamma == 0:
+            return self.inner.step(model, x, sigma, sigma_next, noise)
+        sigma_hat = sigma * (1 + gamma)
+        x = x + math.sqrt(sigma_hat**2 - sigma**2) * self.s_noise * noise(x)
+        return self.inner.step(model, x, sigma_hat, sigma_next, noise)
+
+
+class Langevin(Wrapper):
+    """Predictor-corrector: after the wrapped rule's step, ``steps`` Langevin moves at
+    ``sigma_next`` with step size ``a = 2 (snr |z| / |score|)^2``, norms per sample:
+    ``x = x + a score + sqrt(2 a) z``. Skipped at sigma = 0.
+
+    NFE: the inner rule's plus ``steps`` per step. Song et al. 2021 (score SDE),
+    Algorithm 5; per-sample norms keep it batch-size invariant.
+    """
+
+    name = "langevin"
+    params = (*Wrapper.params,
+              Param("snr", 0.16, 0.0, 1.0, doc="signal-to-noise ratio of a corrector move"),
+              Param("steps", 1, 0, 20, integer=True, doc="corrector moves per step"))
+
+    def calls(self, sigma, sigma_next):
+        return self.inner.calls(sigma, sigma_next) + (self.steps if sigma_next > 0 else 0)
+
+    def step(self, model, x, sigma, sigma_next, noise):
+        x, x0 = self.inner.step(model, x, sigma, sigma_next, noise)
+        if sigma_next == 0:
+            return x, x0
+        for _ in range(self.steps):
+            score = (model(x, sigma_next) - x) / sigma_next**2
+            z = noise(x)
+            a = 2 * (self.snr * per_sample_norm(z) / per_sample_norm(score)) ** 2
+            a = broadcast(a, x)
+            x = x + a * score + (2 * a).sqrt() * z
+        return x, x0
+
+
+class AnnealedLangevin(Rule):
+    """Annealed Langevin dynamics (NCSN): ``steps`` moves at each noise level,
+    ``x = x + (a / 2) score + sqrt(a) z`` with ``a = step_size * sigma^2``, then on to the
+    next level; the step to sigma = 0 ends with one denoising call, ``x = D(x, sigma)``.
+
+    The paper writes ``a_i = eps * sigma_i^2 / sigma_L^2``; ``step_size = eps / sigma_L^2``
+    keeps the move stable whatever the schedule's smallest sigma (the paper's eps = 2e-5
+    at sigma_L = 0.01 is step_size 0.2). A sampler, not an ODE solver: no order.
+    NFE: ``steps`` per step, plus 1 on the last. Song & Ermon 2019, Algorithm 1;
+    the final denoising step from Jolicoeur-Martineau et al. 2021.
+    """
+
+    name = "annealed_langevin"
+    stochastic = True
+    params = (Param("step_size", 0.2, 1e-4, 1.9, log=True, doc="a = step_size * sigma^2"),
+              Param("steps", 5, 1, 200, integer=True, doc="Langevin moves per noise level"))
+
+    def calls(self, sigma, sigma_next):
+        return self.steps + (1 if sigma_next == 0 else 0)
+
+    def step(self, model, x, sigma, sigma_next, noise):
+        a = self.step_size * sigma**2
+        x0 = None
+        for _ in range(self.steps):
+            denoised = model(x, sigma)
+            x0 = denoised if x0 is None else x0
+            x = x + (a / 2) * (denoised - x) / sigma**2 + math.sqrt(a) * noise(x)
+        if sigma_next == 0:
+            x = model(x, sigma)
+        return x, x0

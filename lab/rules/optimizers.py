@@ -1,0 +1,181 @@
+"""Sampling as optimisation: the predicted noise is the gradient.
+
+Every rule here takes ``g = eps(x, sigma)`` and the learning rate
+``lr = lr_scale * (sigma - sigma_next)``. With its extra terms switched off each
+reduces to the plain step ``x - lr * g``, which at ``lr_scale = 1`` is Euler (and DDIM).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .base import Param, Rule
+from .solvers import derivative
+
+LR_SCALE = Param("lr_scale", 1.0, 0.0, 4.0, doc="multiplies the default lr = sigma - sigma_next")
+BETA = Param("beta", 0.9, 0.0, 0.999, doc="velocity decay, v = beta v + (1 - beta) g")
+
+
+class GradientRule(Rule):
+    """Shared step: one gradient at the current point, then :meth:`update`."""
+
+    def step(self, model, x, sigma, sigma_next, noise):
+        g, x0 = derivative(model, x, sigma)
+        return self.update(x, g, self.lr_scale * (sigma - sigma_next)), x0
+
+    def update(self, x, g, lr):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Plain(GradientRule):
+    """Plain gradient step ``x - lr * eps``. ``lr_scale = 1`` is Euler / DDIM.
+
+    Order 1 (at ``lr_scale = 1``), 1 NFE per step.
+    """
+
+    name = "plain"
+    params = (LR_SCALE,)
+
+    def update(self, x, g, lr):
+        return x - lr * g
+
+
+class Momentum(GradientRule):
+    """Heavy ball: ``v = beta v + (1 - beta) g``, started at ``v = g``; ``x - lr v``.
+
+    ``beta = 0`` is the plain step. Equals ``torch.optim.SGD(momentum=beta,
+    dampening=beta)``. 1 NFE per step. Wizadwongsa & Suwajanakorn 2023 (their
+    ``b = 1 - beta``).
+    """
+
+    name = "momentum"
+    params = (LR_SCALE, BETA)
+
+    def reset(self, sigmas=None):
+        self.velocity = None
+
+    def update(self, x, g, lr):
+        v = g if self.velocity is None else self.beta * self.velocity + (1 - self.beta) * g
+        self.velocity = v
+        return x - lr * v
+
+
+class Nesterov(Rule):
+    """Nesterov momentum (Sutskever form): the gradient is taken at the look-ahead
+    point ``x - lr * beta * v``; then ``v = beta v + (1 - beta) g``, ``x - lr v``.
+
+    The first step has no velocity and is the plain step; ``beta = 0`` is the plain
+    step throughout. 1 NFE per step. Sutskever et al. 2013.
+    """
+
+    name = "nesterov"
+    params = (LR_SCALE, BETA)
+
+    def reset(self, sigmas=None):
+        self.velocity = None
+
+    def step(self, model, x, sigma, sigma_next, noise):
+        lr = self.lr_scale * (sigma - sigma_next)
+        v = self.velocity
+        if v is None:
+            g, x0 = derivative(model, x, sigma)
+            v = g
+        else:
+            g, x0 = derivative(model, x - lr * self.beta * v, sigma)
+            v = self.beta * v + (1 - self.beta) * g
+        self.velocity = v
+        return x - lr * v, x0
+
+
+class Adam(GradientRule):
+    """Adam's per-element normalisation of the gradient, with bias correction.
+
+    ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``x - lr * m_hat / (sqrt(v_hat) + eps)``. ``betas = (0, 0)`` is sign descent.
+    The step moves each pixel by about ``lr``, whatever the gradient's size.
+    Equals ``torch.optim.Adam`` run through the ``optim`` adapter. 1 NFE per step.
+    Kingma & Ba 2015.
+    """
+
+    name = "adam"
+    params = (LR_SCALE,
+              Param("betas", (0.9, 0.999), 0.0, 0.9999, doc="decay of the first and second moments"),
+              Param("eps", 1e-8, 0.0, 1.0, doc="added to sqrt(v_hat)", log=True))
+
+    def reset(self, sigmas=None):
+        self.m = self.v = 0.0
+        self.t = 0
+
+    def update(self, x, g, lr):
+        b1, b2 = self.betas
+        self.t += 1
+        self.m = b1 * self.m + (1 - b1) * g
+        self.v = b2 * self.v + (1 - b2) * g * g
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        return x - lr * m_hat / (v_hat.sqrt() + self.eps)
+
+
+class TorchOptim(Rule):
+    """Any ``torch.optim`` optimiser as a sampler: ``x`` is its one parameter, ``eps``
+    its ``.grad``, and each step sets ``lr = lr_scale * (sigma - sigma_next)``.
+
+    ``TorchOptim(torch.optim.SGD)`` is the plain step; ``SGD(momentum=b,
+    dampening=b)`` is ``momentum(beta=b)``. Optimisers that need a closure (LBFGS)
+    are refused: they would call the model an unbounded number of times. 1 NFE per step.
+    """
+
+    name = "optim"
+    params = (LR_SCALE,)
+    inference_safe = False  # the optimiser mutates a real autograd leaf
+
+    def __init__(self, optimizer: type[torch.optim.Optimizer] | str = "SGD",
+                 lr_scale: float = 1.0, **optimizer_kwargs):
+        if isinstance(optimizer, str):
+            if not isinstance(getattr(torch.optim, optimizer, None), type):
+                raise ValueError(f"torch.optim has no optimiser {optimizer!r}")
+            optimizer = getattr(torch.optim, optimizer)
+        if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer class, got {optimizer!r}")
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+        if closure is not None and closure.default is inspect.Parameter.empty:
+            raise ValueError(f"{optimizer.__name__} needs a closure that re-evaluates the model "
+                             "inside step(); the lab's rules make a fixed number of model calls "
+                             "per step, so use a closure-free optimiser (SGD, Adam, RMSprop, ...)")
+        try:  # fail on bad kwargs now, not half way through a run
+            optimizer([torch.zeros(1)], lr=1.0, **optimizer_kwargs)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{optimizer.__name__}({optimizer_kwargs}): {err}") from err
+        self.optimizer, self.optimizer_kwargs = optimizer, dict(optimizer_kwargs)
+        super().__init__(lr_scale=lr_scale)
+
+    @property
+    def config(self):
+        return {"optimizer": self.optimizer.__name__, "lr_scale": self.lr_scale,
+                **self.optimizer_kwargs}
+
+    @property
+    def config_name(self):
+        args = [self.optimizer.__name__] + [f"{k}={v}" for k, v in self.optimizer_kwargs.items()]
+        if self.lr_scale != 1.0:
+            args.append(f"lr_scale={self.lr_scale:g}")
+        return f"optim({', '.join(args)})"
+
+    def reset(self, sigmas=None):
+        self.param = self.opt = None
+
+    def step(self, model, x, sigma, sigma_next, noise):
+        g, x0 = derivative(model, x, sigma)
+        lr = self.lr_scale * (sigma - sigma_next)
+        if self.param is None:
+            self.param = x.detach().clone()
+            self.opt = self.optimizer([self.param], lr=lr, **self.optimizer_kwargs)
+        else:  # a wrapper may have moved x since the last step
+            self.param.copy_(x)
+        self.param.grad = g.detach().clone()
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        return self.param.detach().clone(), x0

@@ -1,0 +1,123 @@
+"""The sampling loop, written once: :func:`steps` yields, :func:`sample` collects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import schedules
+from .denoiser import CallCounter
+from .rules import Rule, resolve
+from .seeding import NoiseSource
+from .trajectory import Trajectory
+
+__all__ = ["Step", "steps", "sample", "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A sample became NaN or Inf during sampling."""
+
+
+@dataclass
+class Step:
+    """One step's record: x moved from ``sigma`` to ``sigma_next``; ``x0`` is the
+    denoiser's output at the step's start; ``nfe`` counts model calls so far."""
+
+    index: int
+    sigma: float
+    sigma_next: float
+    x: Tensor
+    x0: Tensor
+    nfe: int
+    seconds: float
+
+
+def _check_start(x: Tensor):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point, got {x.dtype}; scale noise by sigmas[0]")
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch, shape (B, ...), got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("the starting x contains NaN or Inf")
+
+
+def steps(model, x: Tensor, sigmas, rule: Rule | str, *, seed: int | None = None
+          ) -> Iterator[Step]:
+    """Run ``rule`` over the schedule, yielding a :class:`Step` after each step.
+
+    ``x`` is the starting state at ``sigmas[0]`` (noise times ``sigmas[0]``). ``seed``
+    keys the per-sample noise of stochastic rules; without one it is drawn from
+    torch's global generator. Runs under ``torch.inference_mode`` unless the rule
+    needs autograd tensors.
+    """
+    rule = resolve(rule)
+    sigmas = schedules.validate(sigmas)
+    _check_start(x)
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    counter = CallCounter(model)
+    noise = NoiseSource(seed, x.shape[0])
+    values = sigmas.tolist()
+    grad_mode = torch.inference_mode if rule.inference_safe else torch.no_grad
+
+    def advance():
+        nonlocal x
+        for i, (sigma, sigma_next) in enumerate(zip(values[:-1], values[1:])):
+            start = time.perf_counter()
+            x, x0 = rule.step(counter, x, sigma, sigma_next, noise)
+            if not bool(torch.isfinite(x).all()):
+                raise NonFiniteError(
+                    f"rule {rule.config_name} produced NaN/Inf at step {i} (sigma {sigma:.4g} "
+                    f"-> {sigma_next:.4g}); try more steps, a smaller lr_scale, or check the "
+                    "model's output at this sigma")
+            yield Step(i, sigma, sigma_next, x, x0, counter.calls, time.perf_counter() - start)
+
+    # Grad mode is thread-local: enter it around each step, not across the yields,
+    # so the caller's code between steps keeps its own mode.
+    run = advance()
+    with grad_mode():
+        rule.reset(sigmas)
+    while True:
+        with grad_mode():
+            record = next(run, None)
+        if record is None:
+            return
+        yield record
+
+
+def sample(model, x: Tensor, sigmas, rule: Rule | str, *, seed: int | None = None,
+           callback: Callable[[Step], None] | None = None, record: str = "all",
+           progress: bool = False) -> Trajectory:
+    """Collect :func:`steps` into a :class:`Trajectory`.
+
+    ``record="final"`` keeps only the last state (for large sweeps). ``callback(step)``
+    sees every step's record; ``progress=True`` shows a tqdm bar.
+    """
+    if record not in ("all", "final"):
+        raise ValueError(f"record must be 'all' or 'final', got {record!r}")
+    rule = resolve(rule)
+    sigmas = schedules.validate(sigmas)
+    xs, x0s, nfe, seconds = [x.detach().clone()], [], [], []
+    run = steps(model, x, sigmas, rule, seed=seed)
+    if progress:
+        from tqdm.auto import tqdm
+
+        run = tqdm(run, total=len(sigmas) - 1, desc=rule.config_name)
+    for step in run:
+        if callback is not None:
+            callback(step)
+        if record == "all":
+            xs.append(step.x)
+            x0s.append(step.x0)
+        else:
+            xs, x0s = [step.x], [step.x0]
+        nfe.append(step.nfe)
+        seconds.append(step.seconds)
+    return Trajectory(torch.stack(xs), torch.stack(x0s), sigmas, nfe, seconds,
+                      rule=rule.config_name, meta={"seed": seed, "rule": rule.config})

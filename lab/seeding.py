@@ -1,0 +1,60 @@
+"""Per-sample random streams.
+
+Sample k of a batch draws from a generator seeded by hashing ``(seed, k)`` into 32
+bits with numpy's ``SeedSequence``. So sample k is the same whatever the batch size,
+and seeds 0 and 1 share nothing. (``seed + k`` would make them share all but one
+sample; torch's CPU generator keeps only the low 32 bits of a seed.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["noise", "NoiseSource", "derive_seed"]
+
+
+def derive_seed(*key: int) -> int:
+    """A 32-bit generator seed from a tuple of non-negative integers."""
+    for k in key:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"seeds must be non-negative integers, got {k!r}")
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
+
+
+def _generator(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*key))
+
+
+def noise(shape, seed: int = 0, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """Standard normal ``(B, ...)`` noise; sample k depends on ``(seed, k)`` alone."""
+    shape = tuple(shape)
+    if len(shape) < 1:
+        raise ValueError("shape needs a batch dimension, e.g. (16, 1, 28, 28)")
+    out = torch.stack([torch.randn(shape[1:], generator=_generator(seed, k), dtype=dtype)
+                       for k in range(shape[0])])
+    return out.to(device) if device is not None else out
+
+
+class NoiseSource:
+    """The noise a stochastic rule draws during sampling, one stream per sample.
+
+    The stream of sample k is keyed by ``(seed, k, 1)``, disjoint from the initial
+    noise ``lab.noise`` draws for ``(seed, k)``. Calling it returns fresh noise
+    shaped like ``x``.
+    """
+
+    STREAM = 1
+
+    def __init__(self, seed: int, batch: int):
+        self.seed = seed
+        self.generators = [_generator(seed, k, self.STREAM) for k in range(batch)]
+
+    def __call__(self, like: Tensor) -> Tensor:
+        if like.shape[0] != len(self.generators):
+            raise ValueError(f"noise source made for a batch of {len(self.generators)}, "
+                             f"asked for {like.shape[0]}")
+        z = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype)
+                         for g in self.generators])
+        return z.to(like.device)

@@ -1,0 +1,90 @@
+"""The recorded path of one sampling run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .io import atomic_path
+
+__all__ = ["Trajectory"]
+
+FORMAT = "lab.Trajectory"
+VERSION = 1
+
+
+@dataclass
+class Trajectory:
+    """States ``xs`` (``steps + 1`` of them, the start included), denoiser outputs
+    ``x0s`` (one per step), the schedule ``sigmas``, cumulative model calls
+    ``nfe_per_step`` and wall time ``seconds`` per step.
+
+    With ``record="final"`` only the last state and x0_hat are kept (``xs`` and ``x0s``
+    have length 1); the schedule, NFE and timings are always complete.
+    """
+
+    xs: Tensor
+    x0s: Tensor
+    sigmas: Tensor
+    nfe_per_step: list[int]
+    seconds: list[float]
+    rule: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def x(self) -> Tensor:
+        """The final sample."""
+        return self.xs[-1]
+
+    @property
+    def nfe(self) -> int:
+        """Model calls in the whole run."""
+        return self.nfe_per_step[-1] if self.nfe_per_step else 0
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def save(self, path) -> None:
+        """Write to a safetensors file, atomically."""
+        tensors = {"xs": self.xs.contiguous(), "x0s": self.x0s.contiguous(),
+                   "sigmas": self.sigmas.contiguous(),
+                   "nfe_per_step": torch.tensor(self.nfe_per_step, dtype=torch.int64),
+                   "seconds": torch.tensor(self.seconds, dtype=torch.float64)}
+        meta = {"format": FORMAT, "version": str(VERSION), "rule": self.rule,
+                "meta": json.dumps(self.meta)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path) -> Trajectory:
+        """Read a file written by :meth:`save`; a corrupt or foreign file is a ValueError."""
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except FileNotFoundError:
+            raise
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{path} is not a readable trajectory file (corrupt or not "
+                             f"safetensors): {err}") from err
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is a safetensors file but not a lab trajectory "
+                             f"(format {meta.get('format')!r}); save one with Trajectory.save")
+        if int(meta.get("version", -1)) > VERSION:
+            raise ValueError(f"{path} was written by a newer lab (version {meta['version']}); "
+                             "upgrade the lab to read it")
+        missing = {"xs", "x0s", "sigmas", "nfe_per_step", "seconds"} - set(tensors)
+        if missing:
+            raise ValueError(f"{path} lacks {sorted(missing)}; the file is damaged")
+        return cls(xs=tensors["xs"], x0s=tensors["x0s"], sigmas=tensors["sigmas"],
+                   nfe_per_step=tensors["nfe_per_step"].tolist(),
+                   seconds=tensors["seconds"].tolist(), rule=meta.get("rule", ""),
+                   meta=json.loads(meta.get("meta", "{}")))
