@@ -5,8 +5,7 @@
     lab.rules.ancestral("heun", eta=0.5)       # noise wraps any deterministic rule
 """
 
-from .base import (Param, Rule, Wrapper, available, describe, get, nfe, resolve,
-                   steps_for_budget)
+from .base import Param, Rule, Wrapper, available, describe, get, nfe, resolve, steps_for_budget
 from .noise import Ancestral, AnnealedLangevin, Churn, Langevin, ancestral_step
 from .optimizers import Adam, Momentum, Nesterov, Plain, TorchOptim
 from .solvers import LMS, RK4, DPMSolverPP2M, Euler, Heun, Midpoint, lms_coefficients
