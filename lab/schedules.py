@@ -105,7 +105,8 @@ def from_alphas_cumprod(alphas_cumprod, n: int, spacing: str = "linspace",
         raise ValueError(f"n must be an integer in [1, {num_train}], got {n!r}")
     t = diffusers_timesteps(num_train, int(n), spacing, steps_offset)
     if t.max() > num_train - 1 or t.min() < 0:
-        raise ValueError(f"steps_offset {steps_offset} pushes timesteps outside [0, {num_train - 1}]")
+        raise ValueError(f"steps_offset {steps_offset} pushes timesteps outside "
+                         f"[0, {num_train - 1}]")
     sig = np.interp(t, np.arange(num_train), table.numpy())
     return _finish(torch.from_numpy(sig), append_zero=True)
 

@@ -29,8 +29,9 @@ def _as_matrix_batch(covs: Tensor, dim: int, k: int) -> Tensor:
 class GaussianMixture(Denoiser):
     """``sum_k pi_k N(mu_k, Sigma_k)`` in ``d`` dimensions, samples shaped ``(B, *shape)``.
 
-    ``D(x; s) = sum_k w_k(x) m_k(x)`` with ``m_k = mu_k + Sigma_k (Sigma_k + s^2 I)^-1 (x - mu_k)``
-    and ``w = softmax_k(log pi_k - 1/2 log det(Sigma_k + s^2 I) - 1/2 |x - mu_k|^2_{(Sigma_k + s^2 I)^-1})``.
+    ``D(x; s) = sum_k w_k(x) m_k(x)``, ``m_k = mu_k + Sigma_k (Sigma_k + s^2 I)^-1 (x - mu_k)``,
+    ``w = softmax_k(log pi_k - 1/2 log det(C_k) - 1/2 (x - mu_k)^T C_k^-1 (x - mu_k))``
+    with ``C_k = Sigma_k + s^2 I``.
     Computed through each covariance's eigendecomposition in float64.
     """
 

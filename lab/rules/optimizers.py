@@ -101,7 +101,7 @@ class Adam(GradientRule):
 
     name = "adam"
     params = (LR_SCALE,
-              Param("betas", (0.9, 0.999), 0.0, 0.9999, doc="decay of the first and second moments"),
+              Param("betas", (0.9, 0.999), 0.0, 0.9999, doc="moment decays"),
               Param("eps", 1e-8, 0.0, 1.0, doc="added to sqrt(v_hat)", log=True))
 
     def reset(self, sigmas=None):
