@@ -6,7 +6,7 @@
     traj = lab.sample(model, x, sig, "heun")
 """
 
-from . import metrics, models, rules, schedules
+from . import metrics, models, rules, schedules, seeding
 from .denoiser import CallCounter, Denoiser
 from .sample import NonFiniteError, Step, sample, steps
 from .seeding import noise

@@ -113,3 +113,24 @@ def test_euler_step_is_ddim(gaussian):
         x0 = (x_vp - (1 - a) ** 0.5 * eps) / a**0.5
         ddim = a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
         assert (ddim / a_next**0.5 - traj.xs[i + 1]).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("name", [n for n in rules.available() if n not in ("optim", "ancestral")])
+def test_per_sample_sigma_equals_the_scalar_path(mixture, name):
+    """Rules accept a (B,) sigma (an estimated noise level); equal entries give the float path."""
+    sig = lab.schedules.karras(6, sigma_max=20.0).tolist()
+    x = lab.noise((4, 2), seed=0, dtype=torch.float64) * sig[0]
+    a, b = rules.get(name), rules.get(name)
+    a.reset(torch.tensor(sig)), b.reset(torch.tensor(sig))
+    xa = xb = x
+    for s, s_next in zip(sig[:-1], sig[1:]):
+        xa, _ = a.step(mixture, xa, s, s_next, lab.seeding.NoiseSource(1, 4))
+        xb, _ = b.step(mixture, xb, torch.full((4,), s, dtype=torch.float64), s_next,
+                       lab.seeding.NoiseSource(1, 4))
+        assert (xa - xb).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("rule", [rules.optim("SGD"), rules.ancestral("euler")], ids=str)
+def test_rules_that_need_the_schedule_sigma_say_so(mixture, rule):
+    with pytest.raises(ValueError, match="schedule"):
+        rule.step(mixture, torch.zeros(2, 2), torch.ones(2), 0.5, lab.seeding.NoiseSource(0, 2))

@@ -17,6 +17,13 @@ from ..seeding import derive_seed
 __all__ = ["Gaussian", "GaussianMixture", "Empirical"]
 
 
+def _float64(v) -> Tensor:
+    """A float64 tensor from a tensor, an array, or a (nested) list of either."""
+    if isinstance(v, (list, tuple)) and v and isinstance(v[0], Tensor):
+        return torch.stack([t.to(torch.float64) for t in v])
+    return torch.as_tensor(v).to(torch.float64)
+
+
 def _as_matrix_batch(covs: Tensor, dim: int, k: int) -> Tensor:
     if covs.shape != (k, dim, dim):
         raise ValueError(f"covariances must have shape ({k}, {dim}, {dim}), got "
@@ -37,13 +44,13 @@ class GaussianMixture(Denoiser):
 
     def __init__(self, means, covs, weights=None, shape: tuple[int, ...] | None = None):
         super().__init__()
-        means = torch.as_tensor(means, dtype=torch.float64)
+        means = _float64(means)
         if means.ndim != 2:
             raise ValueError(f"means must be (K, d), got shape {tuple(means.shape)}")
         k, dim = means.shape
-        covs = _as_matrix_batch(torch.as_tensor(covs, dtype=torch.float64), dim, k)
+        covs = _as_matrix_batch(_float64(covs), dim, k)
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else \
-            torch.as_tensor(weights, dtype=torch.float64)
+            _float64(weights)
         if weights.shape != (k,) or not bool((weights > 0).all()):
             raise ValueError(f"weights must be {k} positive numbers, got {weights.tolist()}")
         lam, vecs = torch.linalg.eigh(covs)
@@ -107,8 +114,7 @@ class Gaussian(GaussianMixture):
     """
 
     def __init__(self, mean, cov, shape: tuple[int, ...] | None = None):
-        mean = torch.as_tensor(mean, dtype=torch.float64)
-        cov = torch.as_tensor(cov, dtype=torch.float64)
+        mean, cov = _float64(mean), _float64(cov)
         super().__init__(mean[None], cov[None], None, shape)
 
     def denoise(self, x, sigma):

@@ -40,7 +40,13 @@ class DiffusersDenoiser(Denoiser):
 
     ``D = x - sigma * eps_net(x / sqrt(1 + sigma^2), t)`` for epsilon models;
     ``D = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) * v_net(...)`` for v models.
-    A sigma outside the table's range is clamped, with a warning given once.
+
+    For a sigma outside the table's range ``[sigma_min, sigma_max]`` the timestep is
+    clamped to the table's nearest end, with a warning given once per model; the input
+    scaling and the output formula keep the true sigma, as diffusers' own schedulers
+    (``_sigma_to_t`` clips ``t``) and k-diffusion's ``DiscreteEpsDDPMDenoiser`` do. (Also
+    clamping sigma there would give ``D = x - sigma_min * eps`` at a smaller sigma and
+    feed the network a wrongly scaled input at a larger one.)
     """
 
     def __init__(self, unet, alphas_cumprod, prediction_type: str = "epsilon",
@@ -66,7 +72,7 @@ class DiffusersDenoiser(Denoiser):
             self.sample_shape = (config.in_channels, *size)
 
     def timesteps(self, sigma: Tensor) -> Tensor:
-        """The (fractional) timestep the network sees for each sigma."""
+        """The (fractional) timestep the network sees for each sigma, clamped to the table."""
         steps = torch.arange(len(self.table), dtype=torch.float64, device=sigma.device)
         s = sigma.to(torch.float64)
         if self.timestep == "linear":
@@ -75,17 +81,19 @@ class DiffusersDenoiser(Denoiser):
         return t.round() if self.timestep == "round" else t
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        if not self._warned and bool(((sigma < self.sigma_min * (1 - 1e-6))
-                                      | (sigma > self.sigma_max * (1 + 1e-6))).any()):
-            warnings.warn(f"sigma outside the model's table [{self.sigma_min:.4g}, "
-                          f"{self.sigma_max:.4g}] is clamped to it (said once per model)",
-                          stacklevel=3)
+        outside = (sigma < self.sigma_min * (1 - 1e-6)) | (sigma > self.sigma_max * (1 + 1e-6))
+        if not self._warned and bool(outside.any()):
+            bad = float(sigma[outside][0])
+            warnings.warn(f"sigma {bad:.4g} is outside the model's table [{self.sigma_min:.4g}, "
+                          f"{self.sigma_max:.4g}]: its timestep is clamped to the table's end "
+                          "(said once per model)", stacklevel=3)
             self._warned = True
-        sigma = sigma.clamp(self.sigma_min, self.sigma_max)
         s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         scale = 1 / (1 + s**2).sqrt()
         dtype = next(self.unet.parameters()).dtype
-        t = self.timesteps(sigma).to(dtype)
+        # float32 timesteps whatever the network's dtype, as diffusers' schedulers pass
+        # them: a half-precision t would round 999.3 to 999.5.
+        t = self.timesteps(sigma).to(torch.float32)
         out = self.unet((x * scale).to(dtype), t)
         out = (out.sample if hasattr(out, "sample") else out[0]).to(x.dtype)
         if self.prediction_type == "epsilon":

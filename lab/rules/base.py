@@ -211,6 +211,29 @@ def steps_for_budget(rule, budget: int, schedule, max_steps: int = 10_000) -> in
     return best
 
 
+# A rule's sigma is a float from the schedule, or a (B,) tensor when the sampler
+# estimates each sample's noise level from the image. ``sigma_next`` is always the
+# schedule's float. These helpers let one line of rule code serve both.
+
+
+def at(v, x: Tensor):
+    """A float, or per-sample ``(B,)`` values shaped to broadcast against ``x``."""
+    if isinstance(v, Tensor):
+        return v.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    return v
+
+
+def _dispatch(name):
+    def fn(v):
+        return getattr(torch, name)(v) if isinstance(v, Tensor) else getattr(math, name)(v)
+
+    fn.__name__ = name
+    return fn
+
+
+log, sqrt, expm1 = _dispatch("log"), _dispatch("sqrt"), _dispatch("expm1")
+
+
 def broadcast(v: Tensor, x: Tensor) -> Tensor:
     """Per-sample values ``(B,)`` shaped to broadcast against ``x``."""
     return v.reshape(-1, *([1] * (x.ndim - 1)))

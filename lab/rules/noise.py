@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 
-from .base import Param, Rule, Wrapper, broadcast, per_sample_norm
+from torch import Tensor
+
+from .base import Param, Rule, Wrapper, at, broadcast, per_sample_norm, sqrt
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
@@ -35,6 +37,10 @@ class Ancestral(Wrapper):
     params = (*Wrapper.params, Param("eta", 1.0, 0.0, 1.0, doc="noise re-injected per step"))
 
     def step(self, model, x, sigma, sigma_next, noise):
+        if isinstance(sigma, Tensor):
+            raise ValueError("ancestral noise needs the schedule's sigma: with an estimated "
+                             "per-sample noise level the step's target would differ per sample; "
+                             "use churn or langevin, or sample on the schedule")
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, self.eta)
         x, x0 = self.inner.step(model, x, sigma, sigma_down, noise)
         if sigma_up > 0:
@@ -65,13 +71,15 @@ class Churn(Wrapper):
         if self.num_steps is None:
             raise RuntimeError("churn needs the schedule: call reset(sigmas) first "
                                "(lab.sample does this)")
-        gamma = 0.0
-        if self.s_tmin <= sigma <= self.s_tmax:
-            gamma = min(self.s_churn / self.num_steps, math.sqrt(2) - 1)
-        if gamma == 0:
+        gamma = min(self.s_churn / self.num_steps, math.sqrt(2) - 1)
+        if isinstance(sigma, Tensor):  # per-sample estimated noise levels
+            gamma = gamma * ((self.s_tmin <= sigma) & (sigma <= self.s_tmax)).to(sigma.dtype)
+            if not bool((gamma > 0).any()):
+                return self.inner.step(model, x, sigma, sigma_next, noise)
+        elif gamma == 0 or not self.s_tmin <= sigma <= self.s_tmax:
             return self.inner.step(model, x, sigma, sigma_next, noise)
         sigma_hat = sigma * (1 + gamma)
-        x = x + math.sqrt(sigma_hat**2 - sigma**2) * self.s_noise * noise(x)
+        x = x + at(sqrt(sigma_hat**2 - sigma**2) * self.s_noise, x) * noise(x)
         return self.inner.step(model, x, sigma_hat, sigma_next, noise)
 
 
@@ -126,12 +134,13 @@ class AnnealedLangevin(Rule):
         return self.steps + (1 if sigma_next == 0 else 0)
 
     def step(self, model, x, sigma, sigma_next, noise):
-        a = self.step_size * sigma**2
         x0 = None
         for _ in range(self.steps):
             denoised = model(x, sigma)
             x0 = denoised if x0 is None else x0
-            x = x + (a / 2) * (denoised - x) / sigma**2 + math.sqrt(a) * noise(x)
+            # a = step_size * sigma^2, so (a / 2) * score = (step_size / 2) (D - x)
+            kick = at(sqrt(self.step_size) * sigma, x) * noise(x)
+            x = x + self.step_size / 2 * (denoised - x) + kick
         if sigma_next == 0:
             x = model(x, sigma)
         return x, x0

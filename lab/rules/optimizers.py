@@ -10,8 +10,9 @@ from __future__ import annotations
 import inspect
 
 import torch
+from torch import Tensor
 
-from .base import Param, Rule
+from .base import Param, Rule, at
 from .solvers import derivative
 
 LR_SCALE = Param("lr_scale", 1.0, 0.0, 4.0, doc="multiplies the default lr = sigma - sigma_next")
@@ -23,7 +24,7 @@ class GradientRule(Rule):
 
     def step(self, model, x, sigma, sigma_next, noise):
         g, x0 = derivative(model, x, sigma)
-        return self.update(x, g, self.lr_scale * (sigma - sigma_next)), x0
+        return self.update(x, g, at(self.lr_scale * (sigma - sigma_next), x)), x0
 
     def update(self, x, g, lr):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -77,7 +78,7 @@ class Nesterov(Rule):
         self.velocity = None
 
     def step(self, model, x, sigma, sigma_next, noise):
-        lr = self.lr_scale * (sigma - sigma_next)
+        lr = at(self.lr_scale * (sigma - sigma_next), x)
         v = self.velocity
         if v is None:
             g, x0 = derivative(model, x, sigma)
@@ -167,6 +168,10 @@ class TorchOptim(Rule):
         self.param = self.opt = None
 
     def step(self, model, x, sigma, sigma_next, noise):
+        if isinstance(sigma, Tensor):
+            raise ValueError("the torch.optim adapter takes one learning rate per step, so it "
+                             "cannot follow per-sample estimated noise levels; sample on the "
+                             "schedule, or use plain/momentum/nesterov/adam")
         g, x0 = derivative(model, x, sigma)
         lr = self.lr_scale * (sigma - sigma_next)
         if self.param is None:

@@ -7,18 +7,18 @@ so they stay exact when a wrapper moves the step's endpoints.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+import torch
 from numpy.polynomial import Polynomial
+from torch import Tensor
 
-from .base import Param, Rule
+from .base import Param, Rule, at, expm1, log, sqrt
 
 
 def derivative(model, x, sigma):
     """``(d, x0_hat)`` with ``d = (x - D(x, sigma)) / sigma``, the ODE's slope."""
     x0 = model(x, sigma)
-    return (x - x0) / sigma, x0
+    return (x - x0) / at(sigma, x), x0
 
 
 class Euler(Rule):
@@ -31,7 +31,7 @@ class Euler(Rule):
 
     def step(self, model, x, sigma, sigma_next, noise):
         d, x0 = derivative(model, x, sigma)
-        return x + (sigma_next - sigma) * d, x0
+        return x + at(sigma_next - sigma, x) * d, x0
 
 
 class Heun(Rule):
@@ -46,12 +46,13 @@ class Heun(Rule):
         return 2 if sigma_next > 0 else 1
 
     def step(self, model, x, sigma, sigma_next, noise):
+        h = at(sigma_next - sigma, x)
         d, x0 = derivative(model, x, sigma)
-        x_euler = x + (sigma_next - sigma) * d
+        x_euler = x + h * d
         if sigma_next == 0:
             return x_euler, x0
         d_next, _ = derivative(model, x_euler, sigma_next)
-        return x + (sigma_next - sigma) * (d + d_next) / 2, x0
+        return x + h * (d + d_next) / 2, x0
 
 
 class Midpoint(Rule):
@@ -68,10 +69,10 @@ class Midpoint(Rule):
     def step(self, model, x, sigma, sigma_next, noise):
         d, x0 = derivative(model, x, sigma)
         if sigma_next == 0:
-            return x - sigma * d, x0
-        sigma_mid = math.sqrt(sigma * sigma_next)
-        d_mid, _ = derivative(model, x + (sigma_mid - sigma) * d, sigma_mid)
-        return x + (sigma_next - sigma) * d_mid, x0
+            return x - at(sigma, x) * d, x0
+        sigma_mid = sqrt(sigma * sigma_next)
+        d_mid, _ = derivative(model, x + at(sigma_mid - sigma, x) * d, sigma_mid)
+        return x + at(sigma_next - sigma, x) * d_mid, x0
 
 
 class RK4(Rule):
@@ -86,23 +87,29 @@ class RK4(Rule):
         return 4 if sigma_next > 0 else 1
 
     def step(self, model, x, sigma, sigma_next, noise):
-        h = sigma_next - sigma
+        h, half = at(sigma_next - sigma, x), (sigma + sigma_next) / 2
         k1, x0 = derivative(model, x, sigma)
         if sigma_next == 0:
             return x + h * k1, x0
-        half = sigma + h / 2
         k2, _ = derivative(model, x + h / 2 * k1, half)
         k3, _ = derivative(model, x + h / 2 * k2, half)
         k4, _ = derivative(model, x + h * k3, sigma_next)
         return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), x0
 
 
-def lms_coefficients(history_sigmas, sigma, sigma_next) -> list[float]:
+def lms_coefficients(history_sigmas, sigma, sigma_next) -> list:
     """``c_j = integral from sigma to sigma_next of the j-th Lagrange basis polynomial``.
 
     The basis is over the sigmas at which the stored derivatives were taken (newest
     first). Integrated exactly as polynomials, so no quadrature tolerance enters.
+    Per-sample sigmas (tensors) give per-sample ``(B,)`` coefficients.
     """
+    values = [*history_sigmas, sigma]
+    if any(isinstance(v, Tensor) for v in values):
+        batch = next(len(v) for v in values if isinstance(v, Tensor))
+        rows = [lms_coefficients([_item(v, b) for v in history_sigmas], _item(sigma, b),
+                                 sigma_next) for b in range(batch)]
+        return [torch.tensor(c, dtype=torch.float64) for c in zip(*rows)]
     nodes = [float(s) for s in history_sigmas]
     coeffs = []
     for j, node in enumerate(nodes):
@@ -112,6 +119,10 @@ def lms_coefficients(history_sigmas, sigma, sigma_next) -> list[float]:
         antiderivative = basis.integ()
         coeffs.append(float(antiderivative(sigma_next) - antiderivative(sigma)))
     return coeffs
+
+
+def _item(v, b):
+    return float(v[b]) if isinstance(v, Tensor) else v
 
 
 class LMS(Rule):
@@ -132,7 +143,7 @@ class LMS(Rule):
         d, x0 = derivative(model, x, sigma)
         self.history = [(sigma, d), *self.history][: self.order]
         coeffs = lms_coefficients([s for s, _ in self.history], sigma, sigma_next)
-        return x + sum(c * dj for c, (_, dj) in zip(coeffs, self.history)), x0
+        return x + sum(at(c, x) * dj for c, (_, dj) in zip(coeffs, self.history)), x0
 
 
 class DPMSolverPP2M(Rule):
@@ -152,9 +163,9 @@ class DPMSolverPP2M(Rule):
         previous, self.previous = self.previous, (sigma, x0)
         if sigma_next == 0:
             return x0, x0
-        h = math.log(sigma / sigma_next)
+        h = log(sigma / sigma_next)
         denoised = x0
         if previous is not None:
-            r = math.log(previous[0] / sigma) / h
-            denoised = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous[1]
-        return (sigma_next / sigma) * x - math.expm1(-h) * denoised, x0
+            half_inv_r = at(h / log(previous[0] / sigma) / 2, x)  # 1 / (2 r)
+            denoised = (1 + half_inv_r) * x0 - half_inv_r * previous[1]
+        return at(sigma_next / sigma, x) * x - at(expm1(-h), x) * denoised, x0

@@ -1,0 +1,113 @@
+"""Shipped weights: ``lab/weights/<name>.safetensors`` beside ``<name>.json``.
+
+The json carries what is needed to rebuild and trust the model: its ``kind`` (a class
+registered with :func:`register`), ``config``, the file's ``sha256``, and how it was
+trained (command, steps, epochs, final loss, wall time, machine). ``lab.load`` checks
+the checksum before it reads a byte of the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .io import atomic_path, write_json
+
+__all__ = ["load", "save", "available", "register", "WEIGHTS", "sha256", "machine", "ChecksumError"]
+
+WEIGHTS = Path(__file__).parent / "weights"
+_KINDS: dict[str, type] = {}
+
+
+class ChecksumError(ValueError):
+    """A weight file does not match the checksum recorded beside it."""
+
+
+def register(kind: str):
+    """Class decorator: models of this ``kind`` are rebuilt by ``cls.from_config(config)``."""
+
+    def deco(cls):
+        _KINDS[kind] = cls
+        cls.kind = kind
+        return cls
+
+    return deco
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def machine() -> str:
+    import os
+
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
+            f"torch {torch.__version__}")
+
+
+def available(folder=WEIGHTS) -> list[str]:
+    return sorted(p.stem for p in Path(folder).glob("*.json"))
+
+
+def _kinds():
+    from . import models  # noqa: F401  (importing registers the model kinds)
+
+    return _KINDS
+
+
+def save(model, name: str, training: dict, folder=WEIGHTS, half: bool = False) -> Path:
+    """Write ``model`` (with ``kind`` and ``config``) as safetensors + json, atomically.
+
+    ``half`` stores floating tensors as fp16 (loaded back into the config's dtype).
+    """
+    folder = Path(folder)
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+               for k, v in model.state_dict().items()}
+    path = folder / f"{name}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    meta = {"name": name, "kind": model.kind, "config": model.config, "sha256": sha256(path),
+            "bytes": path.stat().st_size, "storage": "float16" if half else "native",
+            "training": {"machine": machine(), **training}}
+    write_json(folder / f"{name}.json", meta)
+    return path
+
+
+def info(name: str, folder=WEIGHTS) -> dict:
+    path = Path(folder) / f"{name}.json"
+    if not path.exists():
+        raise ValueError(f"no shipped model {name!r}; available: {', '.join(available(folder))}")
+    return json.loads(path.read_text())
+
+
+def load(name: str, folder=WEIGHTS):
+    """A shipped model by name, checksum verified, in eval mode."""
+    meta = info(name, folder)
+    path = Path(folder) / f"{name}.safetensors"
+    if not path.exists():
+        raise ValueError(f"{path} is missing; reinstall the lab or restore the file from git")
+    digest = sha256(path)
+    if digest != meta["sha256"]:
+        raise ChecksumError(f"{path} does not match its recorded sha256 ({digest[:12]}... != "
+                            f"{meta['sha256'][:12]}...): the file is corrupt or was changed; "
+                            "restore it with `git checkout -- lab/weights`")
+    kinds = _kinds()
+    if meta["kind"] not in kinds:
+        raise ValueError(f"{name} is a {meta['kind']!r} model, which this lab does not know")
+    model = kinds[meta["kind"]].from_config(meta["config"])
+    state = load_file(str(path))
+    reference = model.state_dict()
+    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    model.load_state_dict(state)
+    model.eval()
+    model.requires_grad_(False)
+    return model
