@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 # project's loose torch range does not pull a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test lab clean
+.PHONY: setup data demo test lab clean
 
 setup: $(STAMP)
 
@@ -21,11 +21,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,notebooks]"
 	touch $(STAMP)
 
+# Fashion-MNIST from Debian's dataset-fashion-mnist when we are root with apt; otherwise
+# say how to get it (the shipped models and the demo need no data set).
+FASHION_DIR = /usr/share/datasets/fashion-mnist
+data:
+	@if [ -f $(FASHION_DIR)/t10k-images-idx3-ubyte.gz ] || [ -n "$$FASHION_MNIST_DIR" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "Fashion-MNIST not found (only training and the data tests need it). Get it with"; \
+		echo "  sudo apt install dataset-fashion-mnist, or set FASHION_MNIST_DIR=<folder of the"; \
+		echo "  four .gz files>, or set FASHION_MNIST_DOWNLOAD=1 to download on first use."; \
+	fi
+
 demo: setup
 	$(PY) -m experiments.demo
 
 # pytest's exit code (5 = nothing collected included) is make's exit code.
-test: setup
+test: setup data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 lab: setup

@@ -6,13 +6,14 @@
     traj = lab.sample(model, x, sig, "heun")
 """
 
-from . import metrics, models, rules, schedules, seeding
+from . import data, metrics, models, rules, schedules, seeding
 from .denoiser import CallCounter, Denoiser
 from .sample import NonFiniteError, Step, sample, steps
 from .seeding import noise
 from .trajectory import Trajectory
+from .zoo import load
 
 __version__ = "0.1.0"
 
-__all__ = ["Denoiser", "CallCounter", "NonFiniteError", "Step", "Trajectory", "metrics",
-           "models", "noise", "rules", "sample", "schedules", "steps"]
+__all__ = ["Denoiser", "CallCounter", "NonFiniteError", "Step", "Trajectory", "data", "load",
+           "metrics", "models", "noise", "rules", "sample", "schedules", "seeding", "steps"]

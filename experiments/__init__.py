@@ -1,0 +1,1 @@
+"""Runnable studies; each writes results/<name>/ (see DESIGN.md, section 3)."""

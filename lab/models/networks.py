@@ -1,0 +1,177 @@
+"""Trainable denoisers: a network F inside EDM preconditioning, or a noise predictor.
+
+Two networks, both ``F(x_in, c_noise) -> out``:
+
+- :class:`MLP` for 2-D toys,
+- :class:`UNet`, a diffusers ``UNet2DModel`` for 28 x 28 Fashion-MNIST (two
+  downsamplings: 28 -> 14 -> 7). Its positional time embedding is built for
+  timesteps in [0, 1000], so ``c_noise = ln(sigma) / 4`` enters as
+  ``t = 250 (c_noise + 2)``, clamped to [0, 1000] (sigma from e^-8 to e^8).
+
+Two ways to wrap them as denoisers, rebuilt from their ``config`` by ``lab.load``:
+
+- :class:`EDM`: ``D = c_skip x + c_out F(c_in x, c_noise)`` (Karras et al. 2022).
+  With ``sigma_input=False`` the network never sees the noise level: it gets a
+  constant ``c_noise = 0``, while the preconditioning still uses sigma (Sun et al.
+  2025, "Is Noise Conditioning Necessary?").
+- :class:`NoisePredictor`: F predicts the added noise ``x - x0`` from ``x / rms(x)``
+  (a function of x alone, so sigma appears nowhere; fast.ai lesson 9's model).
+  ``D = x - rms(x) F(x / rms(x), 0)``, and ``rms(noise_hat)`` estimates sigma.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..denoiser import Denoiser, _expand
+from ..zoo import register
+
+__all__ = ["MLP", "UNet", "EDM", "NoisePredictor", "NETWORKS", "rms"]
+
+
+class MLP(nn.Module):
+    """Residual MLP for low-dimensional data; c_noise enters through Fourier features."""
+
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, fourier: int = 32):
+        super().__init__()
+        self.config = {"dim": dim, "hidden": hidden, "depth": depth, "fourier": fourier}
+        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(64), fourier // 2)))
+        self.inp = nn.Linear(dim + fourier, hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden),
+                          nn.SiLU(), nn.Linear(hidden, hidden))
+            for _ in range(depth))
+        self.emb = nn.ModuleList(nn.Linear(fourier, hidden) for _ in range(depth))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        angles = c_noise[:, None] * self.freqs[None]
+        feats = torch.cat([angles.sin(), angles.cos()], dim=1).to(x.dtype)
+        h = self.inp(torch.cat([x, feats], dim=1))
+        for block, emb in zip(self.blocks, self.emb):
+            h = h + block(h + emb(feats))
+        return self.out(h)
+
+
+FASHION_UNET = {
+    "sample_size": 28, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
+    "block_out_channels": [32, 64, 64], "norm_num_groups": 8, "attention_head_dim": 32,
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+}
+
+
+class UNet(nn.Module):
+    """A diffusers ``UNet2DModel`` taking ``c_noise``; ``t = 250 (c_noise + 2)`` in [0, 1000]."""
+
+    TIME_MAP = "t = clamp(250 * (c_noise + 2), 0, 1000), c_noise = ln(sigma) / 4"
+
+    def __init__(self, **unet_config):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.config = {**FASHION_UNET, **unet_config}
+        self.unet = UNet2DModel(**self.config)
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        t = (250 * (c_noise + 2)).clamp(0, 1000)
+        return self.unet(x, t.to(x.dtype)).sample
+
+
+NETWORKS = {"mlp": MLP, "unet": UNet}
+
+
+def _network(name: str, config: dict) -> nn.Module:
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; known: {sorted(NETWORKS)}")
+    return NETWORKS[name](**config)
+
+
+def rms(x: Tensor) -> Tensor:
+    """Per-sample root mean square, ``(B,)``."""
+    return x.flatten(1).pow(2).mean(1).sqrt()
+
+
+@register("edm")
+class EDM(Denoiser):
+    """EDM-preconditioned network; ``sigma_input=False`` hides sigma from the network."""
+
+    def __init__(self, network: str = "unet", network_config: dict | None = None,
+                 sigma_data: float = 0.5, sigma_input: bool = True,
+                 sample_shape=(1, 28, 28), sigma_min: float = 0.002, sigma_max: float = 80.0):
+        super().__init__()
+        self.net = _network(network, network_config or {})
+        self.network, self.sigma_data, self.sigma_input = network, float(sigma_data), sigma_input
+        self.sample_shape = tuple(sample_shape)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    @property
+    def config(self) -> dict:
+        return {"network": self.network, "network_config": self.net.config,
+                "sigma_data": self.sigma_data, "sigma_input": self.sigma_input,
+                "sample_shape": list(self.sample_shape), "sigma_min": self.sigma_min,
+                "sigma_max": self.sigma_max}
+
+    @classmethod
+    def from_config(cls, config: dict) -> EDM:
+        return cls(**config)
+
+    def preconditioning(self, sigma: Tensor):
+        """``(c_skip, c_out, c_in, c_noise)`` for a ``(B,)`` sigma."""
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = 1 / (sigma**2 + sd2).sqrt()
+        c_noise = sigma.log() / 4 if self.sigma_input else torch.zeros_like(sigma)
+        return c_skip, c_out, c_in, c_noise
+
+    def raw(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """The network's output F for the preconditioned input."""
+        _, _, c_in, c_noise = self.preconditioning(sigma)
+        return self.net(_expand(c_in, x) * x, c_noise)
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        c_skip, c_out, _, _ = self.preconditioning(sigma)
+        return _expand(c_skip, x) * x + _expand(c_out, x) * self.raw(x, sigma)
+
+
+@register("noise")
+class NoisePredictor(Denoiser):
+    """Predicts the added noise from ``x / rms(x)``; sigma appears nowhere."""
+
+    def __init__(self, network: str = "unet", network_config: dict | None = None,
+                 sample_shape=(1, 28, 28), sigma_min: float = 0.002, sigma_max: float = 80.0):
+        super().__init__()
+        self.net = _network(network, network_config or {})
+        self.network = network
+        self.sample_shape = tuple(sample_shape)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    @property
+    def config(self) -> dict:
+        return {"network": self.network, "network_config": self.net.config,
+                "sample_shape": list(self.sample_shape), "sigma_min": self.sigma_min,
+                "sigma_max": self.sigma_max}
+
+    @classmethod
+    def from_config(cls, config: dict) -> NoisePredictor:
+        return cls(**config)
+
+    def raw(self, x: Tensor) -> Tensor:
+        """The network's output: the noise in units of ``rms(x)``."""
+        scale = _expand(rms(x), x)
+        return self.net(x / scale, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+
+    def noise(self, x: Tensor) -> Tensor:
+        """The predicted added noise ``x - x0_hat``."""
+        return _expand(rms(x), x) * self.raw(x)
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return x - self.noise(x)
+
+    def estimate_sigma(self, x: Tensor) -> Tensor:
+        """The noise level read off the image: ``rms(noise_hat)``, ``(B,)``."""
+        return rms(self.noise(x))

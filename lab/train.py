@@ -1,0 +1,275 @@
+"""One training loop for denoisers: EDM loss, log-normal sigmas, AdamW with warm-up and
+cosine decay, EMA weights, periodic checkpoints and an exact resume.
+
+    python -m lab train experiments/configs/fashion-edm.json [--resume] [--ship]
+
+A run is a :class:`TrainConfig` (a json file). Checkpoints hold the model, EMA,
+optimiser, scheduler and random-generator state, so ``--resume`` continues to the
+bit-identical next step. ``--ship`` writes the EMA weights to ``lab/weights/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import zoo
+from .io import atomic_path
+from .seeding import derive_seed
+
+__all__ = ["TrainConfig", "Trainer", "edm_loss", "noise_loss", "load_config"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on."""
+
+    name: str
+    model: dict  # {"kind": "edm" | "noise", **that kind's config}
+    data: str = "fashion-mnist"  # or a 2-D toy name from lab.data.TOYS
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 200
+    final_lr_fraction: float = 0.05
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    loss: str = "mse"  # or "perceptual"
+    perceptual_net: str = "fashion-perceptual"
+    perceptual_weight: float = 0.1
+    seed: int = 0
+    data_size: int | None = None  # use the first n training examples (smoke tests)
+    checkpoint_every: int = 250
+    threads: int | None = None
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.model.get("kind") not in ("edm", "noise"):
+            raise ValueError(f"model.kind must be 'edm' or 'noise', got {self.model.get('kind')!r}")
+        if self.loss not in ("mse", "perceptual"):
+            raise ValueError(f"loss must be 'mse' or 'perceptual', got {self.loss!r}")
+        if self.loss == "perceptual" and self.model["kind"] != "edm":
+            raise ValueError("the perceptual loss needs x0_hat images: use an 'edm' model")
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def load_config(path) -> TrainConfig:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no training config at {path}; see experiments/configs/")
+    try:
+        return TrainConfig(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid training config: {err}") from err
+
+
+def training_data(cfg: TrainConfig) -> Tensor:
+    from . import data
+
+    if cfg.data == "fashion-mnist":
+        images, _ = data.fashion_mnist("train")
+    else:
+        images = data.toy(cfg.data, cfg.data_size or 100_000, seed=derive_seed(cfg.seed, 7))
+    return images[: cfg.data_size] if cfg.data_size else images
+
+
+def build_model(spec: dict):
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    return zoo._kinds()[kind].from_config(spec)
+
+
+def edm_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor, perceptual=None,
+             perceptual_weight: float = 0.0) -> Tensor:
+    """EDM-weighted MSE, ``(s^2 + sd^2) / (s sd)^2 |D(x0 + s n) - x0|^2``, per sample,
+    plus ``perceptual_weight * perceptual(D, x0)`` when a feature distance is given."""
+    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+    denoised = model(x0 + s * noise, sigma)
+    sd = model.sigma_data
+    weight = (s**2 + sd**2) / (s * sd) ** 2
+    loss = (weight * (denoised - x0) ** 2).flatten(1).mean(1)
+    if perceptual is not None:
+        loss = loss + perceptual_weight * perceptual(denoised, x0)
+    return loss.mean()
+
+
+def noise_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
+    """MSE of the predicted noise, in the units the network works in (``rms(x)``)."""
+    from .models.networks import rms
+
+    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+    x = x0 + s * noise
+    target = s * noise / rms(x).reshape(s.shape)
+    return ((model.raw(x) - target) ** 2).mean()
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig`; ``checkpoint_dir`` holds ``last.pt``."""
+
+    def __init__(self, cfg: TrainConfig, checkpoint_dir, command: str | None = None):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.cfg = cfg
+        self.dir = Path(checkpoint_dir)
+        self.command = command or " ".join(shlex.quote(a) for a in sys.argv)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(derive_seed(cfg.seed, 1))  # network initialisation
+        self.model = build_model(cfg.model)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
+        self.gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 2))
+        self.step, self.wall, self.losses = 0, 0.0, []
+        self.data = training_data(cfg)
+        self.perceptual = None
+        if cfg.loss == "perceptual":
+            from .perceptual import perceptual_loss
+
+            net = zoo.load(cfg.perceptual_net)
+            self.perceptual = lambda a, b: perceptual_loss(net, a, b)
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to ``final_lr_fraction``."""
+        cfg = self.cfg
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (
+            1 + math.cos(math.pi * progress))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "last.pt"
+
+    def state(self) -> dict:
+        return {"config": asdict(self.cfg), "step": self.step, "wall": self.wall,
+                "losses": self.losses, "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(), "gen": self.gen.get_state()}
+
+    def save_checkpoint(self) -> None:
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(self.state(), tmp)
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` if present; False when there is nothing to resume."""
+        if not self.checkpoint_path.exists():
+            return False
+        try:
+            state = torch.load(self.checkpoint_path, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise ValueError(f"{self.checkpoint_path} is unreadable ({err}); delete it to start "
+                             "over") from err
+        if state["config"] != asdict(self.cfg):
+            raise ValueError(f"{self.checkpoint_path} was written by a different config; "
+                             "use another checkpoint folder or delete it")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])
+        self.step, self.wall, self.losses = state["step"], state["wall"], state["losses"]
+        return True
+
+    def batch(self):
+        cfg, g = self.cfg, self.gen
+        idx = torch.randint(len(self.data), (cfg.batch_size,), generator=g)
+        x0 = self.data[idx]
+        sigma = (cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=g)).exp()
+        noise = torch.randn(x0.shape, generator=g)
+        return x0, sigma, noise
+
+    def train_step(self) -> float:
+        self.model.train()
+        x0, sigma, noise = self.batch()
+        if self.cfg.model["kind"] == "edm":
+            loss = edm_loss(self.model, x0, sigma, noise, self.perceptual,
+                            self.cfg.perceptual_weight)
+        else:
+            loss = noise_loss(self.model, x0, sigma, noise)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower lr "
+                                     f"(now {self.sched.get_last_lr()[0]:.3g}) and resume")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        self.losses.append(loss.item())
+        return self.losses[-1]
+
+    def run(self, until: int | None = None, progress: bool = True) -> None:
+        """Train to step ``until`` (default: the config's steps), checkpointing as it goes."""
+        from tqdm.auto import tqdm
+
+        until = self.cfg.steps if until is None else min(until, self.cfg.steps)
+        bar = tqdm(total=until, initial=self.step, desc=self.cfg.name, disable=not progress)
+        while self.step < until:
+            start = time.perf_counter()
+            loss = self.train_step()
+            self.wall += time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == until:
+                self.save_checkpoint()
+        bar.close()
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-200:]
+        return sum(tail) / max(1, len(tail))
+
+    def ship(self, folder=zoo.WEIGHTS, half: bool = True) -> Path:
+        """Write the EMA weights and the training record to ``lab/weights/``."""
+        model = self.ema.module
+        epochs = self.step * self.cfg.batch_size / len(self.data)
+        return zoo.save(model, self.cfg.name, folder=folder, half=half, training={
+            "command": self.command, "config": asdict(self.cfg), "steps": self.step,
+            "epochs": round(epochs, 3), "final_loss": round(self.final_loss, 6),
+            "wall_seconds": round(self.wall, 1)})
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m lab train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="a training config json (experiments/configs/*.json)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--until", type=int, default=None, help="stop at this step (resumable)")
+    p.add_argument("--checkpoints", default="checkpoints", help="folder for checkpoints")
+    p.add_argument("--ship", action="store_true", help="write the EMA weights to lab/weights")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config)
+    trainer = Trainer(cfg, Path(args.checkpoints) / cfg.name,
+                      command=f"python -m lab train {shlex.quote(args.config)} --ship")
+    if trainer.checkpoint_path.exists() and not args.resume:
+        raise SystemExit(f"{trainer.checkpoint_path} exists: pass --resume to continue it, or "
+                         "delete it to start over")
+    if args.resume and trainer.resume():
+        print(f"resumed {cfg.name} at step {trainer.step}", flush=True)
+    trainer.run(args.until)
+    print(f"{cfg.name}: step {trainer.step}, final loss {trainer.final_loss:.4f}, "
+          f"{trainer.wall / 60:.1f} min", flush=True)
+    if args.ship:
+        if trainer.step < cfg.steps:
+            raise SystemExit("refusing to ship an unfinished run; train to the end first")
+        print(f"shipped {trainer.ship()}")
+    return 0
