@@ -33,9 +33,9 @@ def as_sigma(sigma, x: Tensor) -> Tensor:
         if sigma.ndim > 1 or (sigma.ndim == 1 and sigma.shape[0] != batch):
             raise ValueError(f"sigma must be a number, a 0-d tensor or a ({batch},) tensor "
                              f"matching the batch of x, got shape {tuple(sigma.shape)}")
-        s = sigma.to(dtype=x.dtype, device=x.device).expand(batch)
+        s = sigma.to(dtype=_sigma_dtype(x), device=x.device).expand(batch)
     elif isinstance(sigma, (int, float)):
-        s = torch.full((batch,), float(sigma), dtype=x.dtype, device=x.device)
+        s = torch.full((batch,), float(sigma), dtype=_sigma_dtype(x), device=x.device)
     else:
         raise TypeError(f"sigma must be a number or a tensor, got {type(sigma).__name__}")
     if not bool(torch.isfinite(s).all() and (s > 0).all()):
@@ -44,14 +44,19 @@ def as_sigma(sigma, x: Tensor) -> Tensor:
     return s
 
 
+def _sigma_dtype(x: Tensor) -> torch.dtype:
+    """Sigma keeps at least float32 precision, even for half-precision samples."""
+    return x.dtype if x.dtype == torch.float64 else torch.float32
+
+
 def _short(t: Tensor) -> str:
     vals = t.flatten()[:4].tolist()
     return ", ".join(f"{v:.4g}" for v in vals) + (", ..." if t.numel() > 4 else "")
 
 
 def _expand(s: Tensor, x: Tensor) -> Tensor:
-    """A ``(B,)`` sigma shaped to broadcast against ``x``."""
-    return s.reshape(-1, *([1] * (x.ndim - 1)))
+    """A ``(B,)`` sigma shaped to broadcast against ``x``, in ``x``'s dtype."""
+    return s.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
 
 
 class Denoiser(nn.Module):

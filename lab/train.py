@@ -25,7 +25,10 @@ from . import zoo
 from .io import atomic_path
 from .seeding import derive_seed
 
-__all__ = ["TrainConfig", "Trainer", "edm_loss", "noise_loss", "load_config"]
+__all__ = ["TrainConfig", "Trainer", "edm_loss", "noise_loss", "sigma_loss", "load_config"]
+
+
+KINDS = ("edm", "noise", "sigma-regressor")
 
 
 @dataclass
@@ -33,7 +36,7 @@ class TrainConfig:
     """Everything a training run depends on."""
 
     name: str
-    model: dict  # {"kind": "edm" | "noise", **that kind's config}
+    model: dict  # {"kind": "edm" | "noise" | "sigma-regressor", **that kind's config}
     data: str = "fashion-mnist"  # or a 2-D toy name from lab.data.TOYS
     steps: int = 10_000
     batch_size: int = 128
@@ -44,6 +47,7 @@ class TrainConfig:
     ema: float = 0.999
     p_mean: float = -1.2
     p_std: float = 1.2
+    sigma_range: list | None = None  # [lo, hi]: log-uniform sigmas instead of log-normal
     loss: str = "mse"  # or "perceptual"
     perceptual_net: str = "fashion-perceptual"
     perceptual_weight: float = 0.1
@@ -55,8 +59,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.model.get("kind") not in ("edm", "noise"):
-            raise ValueError(f"model.kind must be 'edm' or 'noise', got {self.model.get('kind')!r}")
+        if self.model.get("kind") not in KINDS:
+            raise ValueError(f"model.kind must be one of {KINDS}, got {self.model.get('kind')!r}")
         if self.loss not in ("mse", "perceptual"):
             raise ValueError(f"loss must be 'mse' or 'perceptual', got {self.loss!r}")
         if self.loss == "perceptual" and self.model["kind"] != "edm":
@@ -104,6 +108,12 @@ def edm_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor, perceptual=None,
     if perceptual is not None:
         loss = loss + perceptual_weight * perceptual(denoised, x0)
     return loss.mean()
+
+
+def sigma_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
+    """Squared error of the predicted log sigma of a noisy image."""
+    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+    return ((model.log_sigma(x0 + s * noise) - sigma.log()) ** 2).mean()
 
 
 def noise_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
@@ -190,18 +200,25 @@ class Trainer:
         cfg, g = self.cfg, self.gen
         idx = torch.randint(len(self.data), (cfg.batch_size,), generator=g)
         x0 = self.data[idx]
-        sigma = (cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=g)).exp()
+        if cfg.sigma_range:
+            lo, hi = (math.log(v) for v in cfg.sigma_range)
+            sigma = (lo + (hi - lo) * torch.rand(cfg.batch_size, generator=g)).exp()
+        else:
+            sigma = (cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=g)).exp()
         noise = torch.randn(x0.shape, generator=g)
         return x0, sigma, noise
 
     def train_step(self) -> float:
         self.model.train()
         x0, sigma, noise = self.batch()
-        if self.cfg.model["kind"] == "edm":
+        kind = self.cfg.model["kind"]
+        if kind == "edm":
             loss = edm_loss(self.model, x0, sigma, noise, self.perceptual,
                             self.cfg.perceptual_weight)
-        else:
+        elif kind == "noise":
             loss = noise_loss(self.model, x0, sigma, noise)
+        else:
+            loss = sigma_loss(self.model, x0, sigma, noise)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower lr "
                                      f"(now {self.sched.get_last_lr()[0]:.3g}) and resume")

@@ -26,6 +26,8 @@ class Trajectory:
 
     With ``record="final"`` only the last state and x0_hat are kept (``xs`` and ``x0s``
     have length 1); the schedule, NFE and timings are always complete.
+    ``sigma_hats`` (steps, B) holds the estimated noise levels when the sampler read
+    them off the image (``sigma_estimate``), else None.
     """
 
     xs: Tensor
@@ -35,6 +37,7 @@ class Trajectory:
     seconds: list[float]
     rule: str = ""
     meta: dict = field(default_factory=dict)
+    sigma_hats: Tensor | None = None
 
     @property
     def x(self) -> Tensor:
@@ -56,6 +59,8 @@ class Trajectory:
                    "sigmas": self.sigmas.contiguous(),
                    "nfe_per_step": torch.tensor(self.nfe_per_step, dtype=torch.int64),
                    "seconds": torch.tensor(self.seconds, dtype=torch.float64)}
+        if self.sigma_hats is not None:
+            tensors["sigma_hats"] = self.sigma_hats.contiguous()
         meta = {"format": FORMAT, "version": str(VERSION), "rule": self.rule,
                 "meta": json.dumps(self.meta)}
         with atomic_path(path) as tmp:
@@ -87,4 +92,4 @@ class Trajectory:
         return cls(xs=tensors["xs"], x0s=tensors["x0s"], sigmas=tensors["sigmas"],
                    nfe_per_step=tensors["nfe_per_step"].tolist(),
                    seconds=tensors["seconds"].tolist(), rule=meta.get("rule", ""),
-                   meta=json.loads(meta.get("meta", "{}")))
+                   meta=json.loads(meta.get("meta", "{}")), sigma_hats=tensors.get("sigma_hats"))

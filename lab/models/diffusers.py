@@ -8,6 +8,8 @@ table, so samplers never see alphas, betas or timesteps.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -24,6 +26,19 @@ __all__ = ["DiffusersDenoiser", "from_diffusers", "TIMESTEP_MAPPINGS"]
 #: "linear" interpolate t linearly in sigma (the inverse of Euler/LMS ``set_timesteps``),
 #: "round"  "log", rounded to a whole timestep (DPMSolverMultistep with Karras sigmas).
 TIMESTEP_MAPPINGS = ("log", "linear", "round")
+
+
+_LAB = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside lab and torch
+    (the user's ``model(x, sigma)`` or ``lab.sample(...)`` line)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith((_LAB, _TORCH)):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
@@ -86,7 +101,7 @@ class DiffusersDenoiser(Denoiser):
             bad = float(sigma[outside][0])
             warnings.warn(f"sigma {bad:.4g} is outside the model's table [{self.sigma_min:.4g}, "
                           f"{self.sigma_max:.4g}]: its timestep is clamped to the table's end "
-                          "(said once per model)", stacklevel=3)
+                          "(said once per model)", stacklevel=_caller_stacklevel())
             self._warned = True
         s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         scale = 1 / (1 + s**2).sqrt()

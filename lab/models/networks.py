@@ -90,6 +90,11 @@ def _network(name: str, config: dict) -> nn.Module:
     return NETWORKS[name](**config)
 
 
+def _version(x: Tensor) -> int | None:
+    """In-place edits bump a tensor's version; inference tensors have none (nor edits)."""
+    return None if x.is_inference() else x._version
+
+
 def rms(x: Tensor) -> Tensor:
     """Per-sample root mean square, ``(B,)``."""
     return x.flatten(1).pow(2).mean(1).sqrt()
@@ -147,6 +152,7 @@ class NoisePredictor(Denoiser):
         super().__init__()
         self.net = _network(network, network_config or {})
         self.network = network
+        self._last = None
         self.sample_shape = tuple(sample_shape)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
@@ -166,8 +172,18 @@ class NoisePredictor(Denoiser):
         return self.net(x / scale, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
 
     def noise(self, x: Tensor) -> Tensor:
-        """The predicted added noise ``x - x0_hat``."""
-        return _expand(rms(x), x) * self.raw(x)
+        """The predicted added noise ``x - x0_hat``.
+
+        The last prediction is reused when asked again for the same, unchanged ``x``:
+        estimating sigma from it and then denoising costs one network call, not two.
+        """
+        cached = self._last
+        if cached is not None and cached[0] is x and cached[1] == _version(x):
+            return cached[2]
+        out = _expand(rms(x), x) * self.raw(x)
+        if not torch.is_grad_enabled():
+            self._last = (x, _version(x), out)
+        return out
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return x - self.noise(x)

@@ -1,0 +1,101 @@
+"""Reading the noise level off the image, for models that never see sigma.
+
+``lab.sample(..., sigma_estimate=...)`` replaces the schedule's current sigma by an
+estimate from ``x`` alone; the estimate feeds the denoiser's preconditioning and the
+rule's step, and the rule still steps toward the schedule's next sigma. Estimators
+map ``x`` to a per-sample ``(B,)`` sigma:
+
+- ``"noise"``: ``rms(noise_hat)`` of a noise-predicting model (no extra model call:
+  the prediction is reused by the step),
+- ``"rms"``: ``sqrt(max(rms(x)^2 - sd^2, sigma_min^2))``, since ``E|x|^2 = sd^2 + sigma^2``
+  per pixel for data of second moment ``sd^2``,
+- a trained :class:`SigmaRegressor` (``lab.load("fashion-sigma")``), as fast.ai's
+  course did, or any callable ``x -> (B,)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .zoo import register
+
+__all__ = ["SigmaRegressor", "RMSHeuristic", "resolve"]
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x.flatten(1).pow(2).mean(1).sqrt()
+
+
+class RMSHeuristic:
+    """``sqrt(max(rms(x)^2 - sd^2, sigma_min^2))``: no model call at all."""
+
+    def __init__(self, sd: float, sigma_min: float = 0.002):
+        self.sd, self.sigma_min = float(sd), float(sigma_min)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return (_rms(x) ** 2 - self.sd**2).clamp_min(self.sigma_min**2).sqrt()
+
+    def __repr__(self):
+        return f"rms(sd={self.sd:g})"
+
+
+@register("sigma-regressor")
+class SigmaRegressor(nn.Module):
+    """A small CNN from ``x`` to ``log sigma``. It sees ``x / rms(x)`` and ``log rms(x)``,
+    both functions of ``x`` alone, so one network covers sigma from 0.002 to 80."""
+
+    def __init__(self, channels=(32, 64, 64), in_channels: int = 1):
+        super().__init__()
+        self.config = {"channels": list(channels), "in_channels": in_channels}
+        layers, c_in = [], in_channels
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+                       nn.Conv2d(c, c, 3, padding=1, stride=2), nn.SiLU()]
+            c_in = c
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(c_in + 1, 64), nn.SiLU(), nn.Linear(64, 1))
+
+    @classmethod
+    def from_config(cls, config: dict) -> SigmaRegressor:
+        return cls(**config)
+
+    def log_sigma(self, x: Tensor) -> Tensor:
+        r = _rms(x).clamp_min(1e-8)
+        h = self.features(x / r.reshape(-1, *([1] * (x.ndim - 1))))
+        # the head predicts log sigma relative to log rms(x), which is the answer at
+        # high noise; the network only learns the correction
+        return r.log() + self.head(torch.cat([h, r.log()[:, None]], dim=1))[:, 0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.log_sigma(x).exp()
+
+
+def resolve(spec, model) -> Callable[[Tensor], Tensor] | None:
+    """An estimator from ``None`` (use the schedule), a name, or a callable."""
+    if spec is None or callable(spec):
+        return spec
+    if spec == "noise":
+        if not hasattr(model, "estimate_sigma"):
+            raise ValueError(f"sigma_estimate='noise' needs a noise-predicting model "
+                             f"(lab.models.NoisePredictor); {type(model).__name__} has no "
+                             "estimate_sigma. Use 'rms' or a trained regressor instead")
+        return model.estimate_sigma
+    if spec == "rms":
+        sd = getattr(model, "sigma_data", None)
+        if sd is None:
+            raise ValueError("sigma_estimate='rms' needs the data's scale: the model has no "
+                             "sigma_data; pass lab.noise_level.RMSHeuristic(sd=...) instead")
+        return RMSHeuristic(sd, max(getattr(model, "sigma_min", 0.0), 1e-3))
+    raise ValueError(f"sigma_estimate must be None, 'noise', 'rms' or a callable x -> (B,) "
+                     f"sigma, got {spec!r}")
+
+
+def clamp(sigma: Tensor, model) -> Tensor:
+    """Keep an estimate inside the model's supported range (and positive)."""
+    lo = max(getattr(model, "sigma_min", 0.0), 1e-6)
+    hi = getattr(model, "sigma_max", math.inf)
+    return sigma.clamp(lo, hi)
