@@ -74,14 +74,16 @@ def format_value(value, fmt: str | Callable | None = None) -> str:
 
 def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None,
                    formats: Mapping[str, str | Callable] | None = None,
-                   headers: Mapping[str, str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table of ``rows``; numbers right-aligned."""
+                   headers: Mapping[str, str] | None = None,
+                   right: Sequence[str] = ()) -> str:
+    """A GitHub-flavoured Markdown table of ``rows``. Numeric columns, and those named
+    in ``right``, are right-aligned; ``headers`` renames columns."""
     columns = list(columns or columns_of(rows))
     formats, headers = formats or {}, headers or {}
     body = [[format_value(row.get(c), formats.get(c)) for c in columns] for row in rows]
-    numeric = [all(isinstance(row.get(c), (int, float)) or row.get(c) is None for row in rows)
-               for c in columns]
+    flush = [c in right or all(isinstance(row.get(c), (int, float)) or row.get(c) is None
+                               for row in rows) for c in columns]
     head = "| " + " | ".join(headers.get(c, c) for c in columns) + " |"
-    rule = "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"
+    rule = "|" + "|".join("---:" if r else ":---" for r in flush) + "|"
     lines = [head, rule] + ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"

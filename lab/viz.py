@@ -153,13 +153,15 @@ def density_grid(model, sigma: float = 0.0, xlim=None, ylim=None, resolution: in
 
 def plot_density_2d(ax, model, sigma: float = 0.0, *, xlim=None, ylim=None,
                     resolution: int = 200, levels: int = 12, depth: float = 10.0,
-                    cmap: str = "Greys", lines: bool = True, alpha: float = 0.9):
+                    cmap: str = "Greys", lines: bool = False, alpha: float = 0.9, grid=None):
     """Filled contours of ``log p(x; sigma)`` from its maximum down ``depth`` nats.
 
-    ``model`` as in :func:`log_density_2d`. Sets the limits and an equal aspect; returns
-    the contour set (for ``fig.colorbar``).
+    ``model`` as in :func:`log_density_2d`; or pass ``grid = density_grid(...)`` (and
+    ``model=None``) to draw one grid on many panels. Sets the limits and an equal
+    aspect; returns the contour set (for ``fig.colorbar``).
     """
-    X, Y, logp = density_grid(model, sigma, xlim, ylim, resolution)
+    X, Y, logp = grid if grid is not None else density_grid(model, sigma, xlim, ylim,
+                                                            resolution)
     top = float(np.max(logp))
     lv = np.linspace(top - depth, top, levels + 1)
     cs = ax.contourf(X, Y, logp, levels=lv, cmap=cmap, alpha=alpha, extend="neither")

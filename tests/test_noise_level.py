@@ -1,0 +1,75 @@
+"""Sampling with the noise level read off the image instead of the schedule."""
+
+import pytest
+import torch
+
+import lab
+from lab.noise_level import RMSHeuristic
+
+
+def white_gaussian(dim=784, sd=0.7):
+    return lab.models.Gaussian(torch.zeros(dim), sd**2 * torch.eye(dim))
+
+
+def test_rms_heuristic_reads_sigma_off_white_gaussian_data():
+    est = RMSHeuristic(sd=0.7, sigma_min=0.002)
+    for sigma in (0.5, 2.0, 10.0, 80.0):
+        x = white_gaussian().sample(64, seed=0) + sigma * lab.noise((64, 784), seed=1)
+        rel = (est(x) / sigma - 1).abs().median().item()
+        assert rel < 0.05, (sigma, rel)
+
+
+def test_estimates_feed_the_step_and_are_recorded():
+    model = white_gaussian(dim=64)
+    sig = lab.schedules.karras(10, sigma_min=0.01, sigma_max=20.0)
+    x = lab.noise((8, 64), seed=0, dtype=torch.float64) * sig[0]
+    seen = []
+    traj = lab.sample(model, x, sig, "euler", sigma_estimate=lambda z: seen.append(z) or
+                      torch.full((len(z),), 3.0))
+    assert len(seen) == 10 and traj.sigma_hats.shape == (10, 8)
+    assert torch.equal(traj.sigma_hats, torch.full((10, 8), 3.0, dtype=torch.float64))
+    # the first step went from the estimate 3.0 (not 20) to the schedule's next sigma
+    d = (x - model(x, 3.0)) / 3.0
+    assert torch.allclose(traj.xs[1], x + (float(sig[1]) - 3.0) * d)
+
+
+def test_true_noise_level_as_the_estimate_reproduces_the_schedule():
+    """An oracle that returns the schedule's sigma gives exactly the schedule's path."""
+    model = white_gaussian(dim=16)
+    sig = lab.schedules.karras(8, sigma_min=0.01, sigma_max=20.0)
+    x = lab.noise((4, 16), seed=0, dtype=torch.float64) * sig[0]
+    levels = iter(sig.tolist())
+    oracle = lab.sample(model, x, sig, "heun",
+                        sigma_estimate=lambda z: torch.full((len(z),), next(levels), dtype=z.dtype))
+    assert (oracle.x - lab.sample(model, x, sig, "heun").x).abs().max().item() < 1e-12
+
+
+def test_estimates_are_clamped_to_the_model_range():
+    model = lab.load("moons-mlp")
+    sig = lab.schedules.karras(4)
+    traj = lab.sample(model, lab.noise((3, 2)) * 80, sig, "euler",
+                      sigma_estimate=lambda z: torch.full((len(z),), 1e6))
+    assert float(traj.sigma_hats.max()) == pytest.approx(model.sigma_max)
+
+
+def test_unknown_or_unsuitable_estimators_are_refused(mixture):
+    sig = lab.schedules.karras(4, sigma_max=10.0)
+    x = lab.noise((2, 2), dtype=torch.float64) * 10
+    with pytest.raises(ValueError, match="noise-predicting model"):
+        lab.sample(mixture, x, sig, "euler", sigma_estimate="noise")
+    with pytest.raises(ValueError, match="sigma_data"):
+        lab.sample(mixture, x, sig, "euler", sigma_estimate="rms")
+    with pytest.raises(ValueError, match="sigma_estimate must be"):
+        lab.sample(mixture, x, sig, "euler", sigma_estimate="guess")
+
+
+def test_noise_predictor_reuses_its_prediction_for_the_step():
+    """Estimating sigma from the predicted noise and then stepping costs one call."""
+    model = lab.models.NoisePredictor("mlp", {"dim": 2, "hidden": 16, "depth": 1},
+                                      sample_shape=[2])
+    calls = []
+    forward = model.net.forward
+    model.net.forward = lambda *a: calls.append(1) or forward(*a)
+    sig = lab.schedules.karras(6, sigma_max=5.0)
+    traj = lab.sample(model, lab.noise((4, 2)) * 5, sig, "heun", sigma_estimate="noise")
+    assert len(calls) == traj.nfe == lab.rules.nfe("heun", sig)
