@@ -59,7 +59,7 @@ def available(folder=WEIGHTS) -> list[str]:
 
 
 def _kinds():
-    from . import models, noise_level  # noqa: F401  (importing registers the model kinds)
+    from . import models, noise_level, perceptual  # noqa: F401  (importing registers kinds)
 
     return _KINDS
 
