@@ -1,4 +1,4 @@
-"""The demo (experiments/demo.py) in a fast mode, and the plotting / table helpers it uses."""
+"""The 2-D mixture comparison (experiments/mixture_2d.py) in a fast mode, and its helpers."""
 
 import csv
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lab
-from experiments import demo  # noqa: E402
+from experiments import mixture_2d as demo
 from lab import study, viz
 
 BUDGETS = (5, 10, 50)
