@@ -8,7 +8,7 @@
 
 from . import data, metrics, models, rules, schedules, seeding
 from .denoiser import CallCounter, Denoiser
-from .sample import NonFiniteError, Step, sample, steps
+from .sample import NonFiniteError, Step, sample, sample_at_budget, steps
 from .seeding import noise
 from .trajectory import Trajectory
 from .zoo import load
@@ -16,4 +16,5 @@ from .zoo import load
 __version__ = "0.1.0"
 
 __all__ = ["Denoiser", "CallCounter", "NonFiniteError", "Step", "Trajectory", "data", "load",
-           "metrics", "models", "noise", "rules", "sample", "schedules", "seeding", "steps"]
+           "metrics", "models", "noise", "rules", "sample", "sample_at_budget", "schedules",
+           "seeding", "steps"]

@@ -15,7 +15,7 @@ from .rules import Rule, resolve
 from .seeding import NoiseSource
 from .trajectory import Trajectory
 
-__all__ = ["Step", "steps", "sample", "NonFiniteError"]
+__all__ = ["Step", "steps", "sample", "sample_at_budget", "NonFiniteError"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -141,3 +141,20 @@ def sample(model, x: Tensor, sigmas, rule: Rule | str, *, seed: int | None = Non
     return Trajectory(torch.stack(xs), torch.stack(x0s), sigmas, nfe, seconds,
                       rule=rule.config_name, meta=meta,
                       sigma_hats=torch.stack(sigma_hats) if sigma_hats else None)
+
+
+def sample_at_budget(model, x: Tensor, rule: Rule | str, budget: int, schedule, **kwargs
+                     ) -> Trajectory | None:
+    """Sample with the largest step count whose model calls fit ``budget``.
+
+    ``schedule(n)`` builds an n-step schedule (e.g. ``lab.schedules.karras``). Returns
+    None when even one step costs more than ``budget``. Keyword arguments go to
+    :func:`sample`; ``traj.nfe`` is the actual count.
+    """
+    from .rules import steps_for_budget
+
+    rule = resolve(rule)
+    n = steps_for_budget(rule, budget, schedule)
+    if n is None:
+        return None
+    return sample(model, x, schedule(n), rule, **kwargs)

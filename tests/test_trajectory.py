@@ -54,3 +54,15 @@ def test_corrupt_and_foreign_files(tmp_path, mixture):
     with pytest.raises(ValueError, match="not a lab trajectory"):
         lab.Trajectory.load(tmp_path / "weights.safetensors")
     assert not list(tmp_path.glob("*.tmp"))  # atomic save leaves no temp file
+
+
+def test_sample_at_budget_takes_the_largest_fitting_step_count(mixture):
+    x = lab.noise((4, 2), dtype=torch.float64) * 80
+
+    def schedule(n):
+        return lab.schedules.karras(n)
+
+    traj = lab.sample_at_budget(mixture, x, "heun", 20, schedule)
+    assert traj.nfe == 19 and traj.steps == 10  # 2n - 1 <= 20
+    assert lab.sample_at_budget(mixture, x, "rk4", 3, schedule) is None
+    assert lab.sample_at_budget(mixture, x, "euler", 7, schedule).nfe == 7
