@@ -64,5 +64,5 @@ def test_sample_at_budget_takes_the_largest_fitting_step_count(mixture):
 
     traj = lab.sample_at_budget(mixture, x, "heun", 20, schedule)
     assert traj.nfe == 19 and traj.steps == 10  # 2n - 1 <= 20
-    assert lab.sample_at_budget(mixture, x, "rk4", 3, schedule) is None
+    assert lab.sample_at_budget(mixture, x, "annealed_langevin", 3, schedule) is None
     assert lab.sample_at_budget(mixture, x, "euler", 7, schedule).nfe == 7
