@@ -105,7 +105,8 @@ class DiffusersDenoiser(Denoiser):
             self._warned = True
         s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         scale = 1 / (1 + s**2).sqrt()
-        dtype = next(self.unet.parameters()).dtype
+        # the network's dtype (a parameter-free network gets x's)
+        dtype = getattr(next(self.unet.parameters(), None), "dtype", x.dtype)
         # float32 timesteps whatever the network's dtype, as diffusers' schedulers pass
         # them: a half-precision t would round 999.3 to 999.5.
         t = self.timesteps(sigma).to(torch.float32)

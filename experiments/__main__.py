@@ -1,0 +1,94 @@
+"""``python -m experiments <study> [--fast] [--out DIR] [--limit N] [--list]``.
+
+Runs a study of ``experiments/studies/`` (or any importable module, by dotted name)
+through :func:`lab.study.run`: the cells not yet in ``<out>/rows.jsonl`` one by one, a
+row written atomically after each, then the study's plots and ``summary.md``. Stop it
+at any time; the next run resumes. Without a study name it lists the studies.
+
+Default ``<out>``: ``results/<study>/``, or ``results/<study>-fast/`` with ``--fast`` (a
+folder remembers which kind of run it holds and refuses the other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+PACKAGE = "experiments.studies"
+
+
+def available() -> dict[str, str]:
+    """Study name -> the first line of its docstring (without importing torch twice)."""
+    package = importlib.import_module(PACKAGE)
+    out = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{PACKAGE}.{info.name}")
+        out[getattr(module, "NAME", info.name)] = (module.__doc__ or "").strip().split("\n")[0]
+    return out
+
+
+def load(name: str):
+    """The study module ``experiments.studies.<name>``, or a dotted module path."""
+    target = name if "." in name else f"{PACKAGE}.{name}"
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as err:
+        if err.name not in (target, f"{PACKAGE}.{name}"):
+            raise
+        known = ", ".join(available()) or "none"
+        raise SystemExit(f"no study {name!r}; available: {known}") from None
+
+
+def default_out(name: str, fast: bool) -> Path:
+    return RESULTS / (f"{name}-fast" if fast else name)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n")[0])
+    p.add_argument("study", nargs="?", help="a study of experiments/studies (none: list them)")
+    p.add_argument("--fast", action="store_true", help="the small version (fewer samples, NFE)")
+    p.add_argument("--out", type=Path, help="output folder (default results/<study>[-fast])")
+    p.add_argument("--limit", type=int, help="run at most this many new cells, then stop")
+    p.add_argument("--list", action="store_true", help="list the cells and which are done")
+    p.add_argument("--render-only", action="store_true",
+                   help="run no cell; redraw plots and summary.md if every cell is done")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    from lab import study as runner
+
+    if args.study is None:
+        for name, line in available().items():
+            print(f"{name:20s} {line}")
+        return 0
+    module = load(args.study)
+    name = getattr(module, "NAME", args.study.rsplit(".", 1)[-1])
+    out = args.out or default_out(name, args.fast)
+    if args.list:
+        cells = runner.status(module, out, args.fast)
+        for key, cell, done in cells:
+            print(f"{key}  {'done   ' if done else 'pending'}  {runner._label(cell)}")
+        print(f"{sum(d for *_, d in cells)} of {len(cells)} cells done in {out}")
+        return 0
+    try:
+        rows = runner.run(module, out, fast=args.fast, limit=0 if args.render_only else args.limit,
+                          progress=not args.quiet)
+    except runner.StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    total = len(runner.status(module, out, args.fast))
+    if len(rows) < total:
+        print(f"{len(rows)} of {total} cells done in {out}; run again to continue")
+    else:
+        print(f"{total} cells done; {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
