@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 # project's loose torch range does not pull a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup data demo test lab clean
+.PHONY: setup data demo test lab notebooks-check notebooks-strip clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,12 @@ test: setup data
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Notebooks are committed without outputs: check, or strip them before a commit.
+notebooks-check: setup
+	$(PY) -m tests.test_notebook_hygiene
+notebooks-strip: setup
+	$(PY) -m tests.test_notebook_hygiene --strip
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -45,7 +45,7 @@ from .io import atomic_path  # noqa: E402
 
 __all__ = ["new_figure", "save_figure", "log_density_2d", "bounds_2d", "density_grid",
            "plot_density_2d", "plot_paths_2d", "plot_samples_2d", "rule_styles",
-           "plot_metric_vs_nfe"]
+           "plot_metric_vs_nfe", "tile_images", "plot_images"]
 
 FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpg", ".jpeg": "jpg"}
 
@@ -152,9 +152,11 @@ def density_grid(model, sigma: float = 0.0, xlim=None, ylim=None, resolution: in
 
 
 def plot_density_2d(ax, model, sigma: float = 0.0, *, xlim=None, ylim=None,
-                    resolution: int = 200, levels: int = 12, depth: float = 10.0,
+                    resolution: int = 200, levels: int = 12, depth: float | None = 10.0,
                     cmap: str = "Greys", lines: bool = False, alpha: float = 0.9, grid=None):
-    """Filled contours of ``log p(x; sigma)`` from its maximum down ``depth`` nats.
+    """Filled contours of ``log p(x; sigma)`` from its maximum down ``depth`` nats
+    (``depth=None``: down to the grid's minimum, at most 10 nats, so that a nearly flat
+    density at large sigma still shows its shape).
 
     ``model`` as in :func:`log_density_2d`; or pass ``grid = density_grid(...)`` (and
     ``model=None``) to draw one grid on many panels. Sets the limits and an equal
@@ -163,6 +165,8 @@ def plot_density_2d(ax, model, sigma: float = 0.0, *, xlim=None, ylim=None,
     X, Y, logp = grid if grid is not None else density_grid(model, sigma, xlim, ylim,
                                                             resolution)
     top = float(np.max(logp))
+    if depth is None:
+        depth = min(10.0, max(top - float(np.min(logp)), 1e-6))
     lv = np.linspace(top - depth, top, levels + 1)
     cs = ax.contourf(X, Y, logp, levels=lv, cmap=cmap, alpha=alpha, extend="neither")
     if lines:
@@ -289,3 +293,175 @@ def plot_metric_vs_nfe(ax, rows: Sequence[Mapping], metric: str, *, x: str = "nf
     if legend:
         ax.legend(fontsize="small")
     return ax
+
+
+# --------------------------------------------------------------------------- images
+
+def tile_images(images: Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
+    """``(B, C, H, W)`` images in [-1, 1] as one ``(rows*H, nrow*W)`` (or ``..., 3``) array
+    in [0, 1], ``pad`` pixels of white between tiles."""
+    images = torch.as_tensor(images).detach().to(torch.float32).clamp(-1, 1).add(1).div(2)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    b, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / nrow)
+    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for k in range(b):
+        r, q = divmod(k, nrow)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[:, top:top + h, left:left + w] = images[k]
+    grid = grid.permute(1, 2, 0).numpy()
+    return grid[..., 0] if c == 1 else grid
+
+
+def plot_images(ax, images: Tensor, nrow: int | None = None, title: str | None = None):
+    """An image grid on ``ax`` (grey for one channel), axes hidden."""
+    ax.imshow(tile_images(images, nrow), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+# --------------------------------------------------------------------------- panels
+# Used by lab.widgets to draw one frame of a trajectory; usable on their own.
+
+__all__ += ["figure_png", "image_grid", "plot_image_grid", "plot_state_2d", "plot_field_2d",
+            "loglog_slope", "plot_convergence", "step_angles", "plot_step_angles"]
+
+
+def figure_png(fig, *, dpi: int = 80) -> bytes:
+    """``fig`` as PNG bytes (for an ``ipywidgets.Image``); the same figure gives the same
+    bytes, so frames can be compared and cached."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def image_grid(images, nrow: int | None = None, *, pad: int = 1,
+               value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Tile images ``(B, C, H, W)`` (C = 1 or 3) or ``(B, H, W)`` into one array in [0, 1]:
+    ``(rows, cols)`` for grey, ``(rows, cols, 3)`` for colour. ``nrow`` images per row
+    (default about sqrt(B)); values are clipped to ``value_range`` first."""
+    x = torch.as_tensor(images).detach().to(torch.float64).cpu()
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) == 0:
+        raise ValueError(f"images must be (B, 1 or 3, H, W) or (B, H, W), got {tuple(x.shape)}")
+    lo, hi = value_range
+    x = ((x.clamp(lo, hi) - lo) / (hi - lo)).numpy()
+    b, c, h, w = x.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
+    rows = math.ceil(b / nrow)
+    out = np.ones((c, rows * (h + pad) + pad, nrow * (w + pad) + pad))
+    for k in range(b):
+        r, q = divmod(k, nrow)
+        out[:, pad + r * (h + pad):pad + r * (h + pad) + h,
+            pad + q * (w + pad):pad + q * (w + pad) + w] = x[k]
+    return out[0] if c == 1 else out.transpose(1, 2, 0)
+
+
+def plot_image_grid(ax, images, *, nrow: int | None = None,
+                    value_range: tuple[float, float] = (-1.0, 1.0), title: str | None = None,
+                    cmap: str = "gray"):
+    """Draw :func:`image_grid` of ``images`` on ``ax`` without ticks; returns the AxesImage."""
+    grid = image_grid(images, nrow, value_range=value_range)
+    im = ax.imshow(grid, cmap=cmap if grid.ndim == 2 else None, vmin=0, vmax=1,
+                   interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=10)
+    return im
+
+
+def plot_state_2d(ax, x, x0=None, *, grid=None, paths=None, color="tab:red",
+                  x0_color="tab:blue", label: str | None = None, x0_label: str | None = None,
+                  s: float = 6.0, xlim=None, ylim=None):
+    """One moment of 2-D sampling: the density ``grid`` (from :func:`density_grid`) as
+    background, the paths so far (``(k + 1, B, 2)`` states) of a few samples, the states
+    ``x`` and, if given, the denoiser's predictions ``x0``. Returns the number of states
+    outside the view (they are far out at large sigma)."""
+    if grid is not None:
+        plot_density_2d(ax, None, grid=grid, depth=None, alpha=0.5)
+    if paths is not None and len(paths) > 1:
+        plot_paths_2d(ax, paths, samples=None, color=color, linewidth=0.7, alpha=0.6,
+                      end_marker="", markersize=3.0)
+    if x0 is not None:
+        plot_samples_2d(ax, x0, color=x0_color, s=s * 0.6, alpha=0.55, label=x0_label,
+                        marker="D" if x0_color == color else "o")
+    plot_samples_2d(ax, x, color=color, s=s, alpha=0.75, label=label)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    (x_lo, x_hi), (y_lo, y_hi) = ax.get_xlim(), ax.get_ylim()
+    pts = _states(torch.as_tensor(x)[None])[0]
+    inside = ((pts[:, 0] >= x_lo) & (pts[:, 0] <= x_hi) & (pts[:, 1] >= y_lo)
+              & (pts[:, 1] <= y_hi))
+    return int((~inside).sum())
+
+
+def plot_field_2d(ax, model, sigma: float, *, xlim, ylim, resolution: int = 21,
+                  color: str = "tab:red", scale: float | None = None, **quiver_kw):
+    """Arrows of the descent direction ``-eps(x, sigma)`` (the plain step's direction, a
+    positive multiple of the score) on a ``resolution``-square grid. Returns the quiver."""
+    from .denoiser import eps
+
+    xs = np.linspace(*xlim, resolution)
+    ys = np.linspace(*ylim, resolution)
+    X, Y = np.meshgrid(xs, ys)
+    pts = torch.from_numpy(np.stack([X.ravel(), Y.ravel()], axis=1))
+    with torch.inference_mode():
+        d = -eps(model, pts, float(sigma)).to(torch.float64).numpy()
+    return ax.quiver(X, Y, d[:, 0].reshape(X.shape), d[:, 1].reshape(X.shape), color=color,
+                     angles="xy", scale_units="xy", scale=scale, **quiver_kw)
+
+
+def loglog_slope(x, y) -> float:
+    """Least-squares slope of ``log y`` against ``log x`` (an order of convergence when
+    ``y`` is an error and ``x`` a step size or, negated, a step count)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 2:
+        raise ValueError("a slope needs at least two positive finite points")
+    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
+
+
+def plot_convergence(ax, x, errors, *, label: str, fit: bool = True, **style) -> float | None:
+    """Errors against ``x`` (NFE or steps) on log-log axes, with the fitted slope in the
+    label. Returns the slope (``None`` if ``fit`` is false)."""
+    slope = loglog_slope(x, errors) if fit else None
+    text = label if slope is None else f"{label} (slope {slope:.2f})"
+    ax.loglog(x, errors, label=text, markersize=4, lw=1.2,
+              **({"marker": "o"} | style))
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    return slope
+
+
+def step_angles(paths) -> Tensor:
+    """Mean angle in degrees between successive displacements ``x_{i+1} - x_i`` of a
+    path, one value per interior state ``(T - 2,)``, averaged over samples: 0 on a
+    straight path, large where the trajectory turns. ``paths``: a Trajectory or
+    ``(T, B, ...)`` states."""
+    xs = torch.as_tensor(getattr(paths, "xs", paths)).detach().to(torch.float64)
+    d = (xs[1:] - xs[:-1]).reshape(xs.shape[0] - 1, xs.shape[1], -1)
+    cos = torch.nn.functional.cosine_similarity(d[1:], d[:-1], dim=-1, eps=1e-300)
+    return torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean(1)
+
+
+def plot_step_angles(ax, traj, *, label: str | None = None, **style):
+    """:func:`step_angles` of a trajectory against the sigma at which the path turns
+    (log x axis). Returns the line."""
+    angles = step_angles(traj).numpy()
+    sig = traj.sigmas[1:-1].to(torch.float64).numpy()
+    (line,) = ax.plot(sig, angles, label=label, **({"marker": "."} | style))
+    ax.set_xscale("log")
+    ax.set_xlabel("sigma where the path turns")
+    ax.set_ylabel("angle between successive steps (degrees)")
+    ax.grid(True, alpha=0.3)
+    return line

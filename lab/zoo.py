@@ -55,7 +55,9 @@ def machine() -> str:
 
 
 def available(folder=WEIGHTS) -> list[str]:
-    return sorted(p.stem for p in Path(folder).glob("*.json"))
+    """Names of the shipped models (json files that describe a model ``kind``)."""
+    return sorted(p.stem for p in Path(folder).glob("*.json")
+                  if "kind" in json.loads(p.read_text()))
 
 
 def _kinds():

@@ -1,0 +1,252 @@
+"""The notebook panels (lab.widgets) driven without a browser: set the widgets, press Run
+through its callback, check what the panels show against lab.sample for the same seed."""
+
+import ipywidgets as widgets
+import pytest
+import torch
+
+import lab
+from lab import widgets as lw
+from lab.widgets import Compare, RulePanel, TrajectoryScrubber
+
+from .conftest import two_d_mixture
+
+N = 32
+
+
+@pytest.fixture(scope="module")
+def mix():
+    return two_d_mixture()
+
+
+def karras(n):
+    return lw.default_schedule(two_d_mixture())(n)
+
+
+def reference(model, rule, steps, seed, shape=(N, 2), dtype=torch.float32):
+    sig = karras(steps)
+    return lab.sample(model, lab.noise(shape, seed, dtype=dtype) * sig[0], sig, rule, seed=seed)
+
+
+# ------------------------------------------------------------------ controls from the registry
+
+@pytest.mark.parametrize("name", lab.rules.available())
+def test_controls_rebuild_each_rule_at_its_defaults(name):
+    controls = lw.rule_controls(name)
+    assert set(controls) - {"optimizer"} == {p.name for p in lab.rules.describe(name)}
+    rule = lw._make_rule(name, lw.control_values(controls))
+    assert rule.config == lab.rules.get(name).config  # defaults survive the widgets exactly
+
+
+def test_control_kinds_follow_the_declarations():
+    adam = lw.rule_controls("adam")
+    assert isinstance(adam["lr_scale"], widgets.FloatSlider)
+    assert isinstance(adam["betas"], list) and len(adam["betas"]) == 2
+    assert [w.value for w in adam["betas"]] == [0.9, 0.999]
+    assert isinstance(adam["eps"], widgets.FloatLogSlider) and adam["eps"].value == 1e-8
+    assert isinstance(lw.rule_controls("lms")["order"], widgets.IntSlider)
+    churn = lw.rule_controls("churn")
+    assert isinstance(churn["rule"], widgets.Dropdown)
+    assert set(churn["rule"].options) == set(lab.rules.available("deterministic"))
+    assert churn["s_noise"].value == 1.003  # a slider step that keeps the default
+    assert isinstance(churn["s_tmax"], widgets.BoundedFloatText)  # [0, 1e6]: typed, not slid
+    assert isinstance(lw.rule_controls("annealed_langevin")["step_size"], widgets.FloatLogSlider)
+    optim = lw.rule_controls("optim")
+    assert "SGD" in optim["optimizer"].options and "Adam" in optim["optimizer"].options
+    assert "LBFGS" not in optim["optimizer"].options  # needs a closure: refused by the adapter
+
+
+# ------------------------------------------------------------------ RulePanel
+
+def test_rule_panel_run_matches_lab_sample(mix):
+    panel = RulePanel(mix, shape=(N, 2), seed=0, rule="euler", steps=4)
+    first_image, first_readout = panel.scrubber.image.value, panel.scrubber.readout.value
+    assert "step 4/4" in first_readout and first_image
+
+    panel.rule_dropdown.value = "momentum"
+    panel.controls["beta"].value = 0.5
+    panel.controls["lr_scale"].value = 0.8
+    panel.steps.value = 6
+    panel.seed.value = 3
+    panel.run_button.click()
+
+    rule = lab.rules.get("momentum", beta=0.5, lr_scale=0.8)
+    ref = reference(mix, rule, 6, seed=3)
+    assert torch.equal(panel.traj.x, ref.x)
+    assert panel.traj.nfe == ref.nfe == 6
+    assert panel.progress.value == panel.progress.max == 6
+    assert panel.progress.bar_style == "success"
+    readout = panel.scrubber.readout.value
+    assert readout != first_readout and "step 6/6" in readout and "NFE 6" in readout
+    assert panel.scrubber.image.value != first_image
+    # the image shown is exactly what a scrubber draws from lab.sample's trajectory
+    assert panel.scrubber.image.value == TrajectoryScrubber(
+        {rule.config_name: ref}, mix).frame(6)
+
+
+def test_rule_panel_stochastic_rule_follows_the_seed(mix):
+    panel = RulePanel(mix, shape=(N, 2), seed=5, rule="ancestral", steps=5)
+    panel.controls["eta"].value = 0.5
+    panel.controls["rule"].value = "heun"
+    first = panel.run()
+    ref = reference(mix, lab.rules.ancestral("heun", eta=0.5), 5, seed=5)
+    assert torch.equal(first.x, ref.x)
+    panel.seed.value = 6
+    assert not torch.equal(panel.run().x, first.x)
+
+
+def test_rule_panel_torch_optim_and_cost(mix):
+    panel = RulePanel(mix, shape=(N, 2), rule="optim", steps=5, run_now=False)
+    panel.controls["optimizer"].value = "Adam"
+    assert "5 model calls" in panel.cost.value
+    traj = panel.run()
+    assert torch.equal(traj.x, reference(mix, lab.rules.optim("Adam"), 5, seed=0).x)
+    panel.rule_dropdown.value = "heun"
+    assert set(panel.controls) == set()
+    assert "9 model calls" in panel.cost.value  # 2N - 1
+
+
+def test_rule_panel_shows_errors_instead_of_raising(mix):
+    # the torch.optim adapter cannot follow per-sample estimated noise levels
+    panel = RulePanel(mix, shape=(N, 2), rule="optim", steps=4, run_now=False,
+                      sigma_estimate=lab.noise_level.RMSHeuristic(sd=1.0))
+    panel.run_button.click()
+    assert panel.progress.bar_style == "danger"
+    assert "ValueError" in panel.status.value and "per-sample" in panel.status.value
+    assert not panel.run_button.disabled
+    with pytest.raises(ValueError):
+        panel.run()
+
+
+def test_rule_panel_sigma_estimate_dropdown():
+    blind = lab.load("moons-mlp-blind")
+    panel = RulePanel(blind, n=N, rule="euler", steps=4, sigma_estimate=[None, "rms"])
+    on_schedule = panel.traj
+    panel.sigma_from.value = "rms"
+    estimated = panel.run()
+    assert on_schedule.sigma_hats is None and estimated.sigma_hats is not None
+    sig = karras(4)
+    ref = lab.sample(blind, lab.noise((N, 2), 0) * sig[0], sig, "euler", seed=0,
+                     sigma_estimate="rms")
+    assert torch.equal(estimated.x, ref.x)
+
+
+# ------------------------------------------------------------------ TrajectoryScrubber
+
+def test_scrubber_slider_indexes_the_trajectory(mix):
+    traj = reference(mix, "heun", 5, seed=1)
+    scrub = TrajectoryScrubber(traj, mix)
+    assert scrub.slider.max == 5 and scrub.value == 5
+    last_image = scrub.image.value
+    scrub.slider.value = 2
+    assert "step 2/5" in scrub.readout.value
+    assert f"sigma {float(traj.sigmas[2]):.4g}" in scrub.readout.value
+    assert f"NFE {traj.nfe_per_step[1]}" in scrub.readout.value
+    assert scrub.image.value != last_image
+    x, x0, sigma, nfe = scrub.state(traj.rule, 2)
+    assert torch.equal(x, traj.xs[2]) and torch.equal(x0, traj.x0s[2])
+    assert sigma == float(traj.sigmas[2]) and nfe == traj.nfe_per_step[1]
+    scrub.slider.value = 0
+    assert scrub.readout_text().startswith("step 0/5") and "NFE 0" in scrub.readout_text()
+    # frames are cached: scrubbing back does not redraw
+    drawn = []
+    draw = scrub.figure
+    scrub.figure = lambda k=None: drawn.append(k) or draw(k)
+    scrub.slider.value = 2
+    assert drawn == [] and scrub.image.value == scrub.frame(2)
+    scrub.slider.value = 3
+    assert drawn == [3]
+
+
+def test_scrubber_several_runs_of_different_lengths(mix):
+    runs = {"euler": reference(mix, "euler", 8, seed=0), "heun": reference(mix, "heun", 4, seed=0)}
+    scrub = TrajectoryScrubber(runs, mix)
+    assert scrub.layout == "overlay" and scrub.steps == 8
+    scrub.slider.value = 4
+    text = scrub.readout_text()
+    assert "step 4/8" in text and "heun (2/4)" in text
+    assert scrub.index("heun", 4) == 2 and scrub.index("euler", 4) == 4
+    side = TrajectoryScrubber(runs, mix, layout="side")
+    assert side.image.value and side.layout == "side"
+
+
+def test_scrubber_images_and_bad_input():
+    data = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model = lab.models.Empirical(data)
+    sig = karras(4)
+    traj = lab.sample(model, lab.noise((6, 1, 8, 8), 0) * sig[0], sig, "euler")
+    scrub = TrajectoryScrubber(traj, model, images=4)
+    assert scrub.kind == "images" and bytes(scrub.image.value).startswith(b"\x89PNG")
+    scrub.slider.value = 1
+    assert "step 1/4" in scrub.readout.value
+    final_only = lab.sample(model, lab.noise((6, 1, 8, 8), 0) * sig[0], sig, "euler",
+                            record="final")
+    with pytest.raises(ValueError, match="record='all'"):
+        TrajectoryScrubber(final_only)
+    with pytest.raises(TypeError):
+        TrajectoryScrubber(traj.x)
+
+
+def test_scrubber_projects_higher_dimensions():
+    gauss = lab.models.Gaussian(torch.zeros(4), torch.eye(4))
+    traj = reference(gauss, "euler", 3, seed=0, shape=(N, 4))
+    assert TrajectoryScrubber(traj, gauss).image.value  # first two coordinates, no density
+
+
+# ------------------------------------------------------------------ Compare
+
+def test_compare_same_noise_matched_nfe(mix):
+    ref_samples = mix.sample(64, seed=9)
+    comp = Compare(mix, ["euler", "heun", lab.rules.get("momentum", beta=0.5)], shape=(N, 2),
+                   steps=10, match="NFE", reference=ref_samples, seed=2)
+    rows = {r["rule"]: r for r in comp.rows}
+    assert rows["euler"]["steps"] == 10 and rows["heun"]["steps"] == 5
+    assert all(r["nfe"] <= 10 for r in rows.values())
+    for label, rule in comp.rules.items():
+        ref = reference(mix, rule, rows[label]["steps"], seed=2)
+        assert torch.equal(comp.trajectories[label].x, ref.x)
+        assert rows[label]["metric"] == pytest.approx(
+            lab.metrics.sliced_wasserstein(ref.x, ref_samples, projections=256))
+    assert "sliced W2" in comp.table.value and "momentum(beta=0.5)" in comp.table.value
+    before = comp.scrubber.image.value
+    comp.match.value = "steps"
+    comp.amount.value = 3
+    comp.run_button.click()
+    assert all(r["steps"] == 3 for r in comp.rows)
+    assert comp.scrubber.image.value != before and "step 3/3" in comp.scrubber.readout.value
+
+
+def test_compare_default_metrics():
+    gauss = lab.models.Gaussian(torch.tensor([0.5, 0.0]), torch.tensor([[1.0, 0.3], [0.3, 0.5]]))
+    comp = Compare(gauss, ["euler", "dpmpp_2m"], shape=(N, 2), steps=6, dtype=torch.float64)
+    assert "exact" in comp.metric_name
+    for row in comp.rows:
+        traj = comp.trajectories[row["rule"]]
+        exact = gauss.solve(traj.xs[0], 80.0, 0.0)
+        assert row["metric"] == pytest.approx(lab.metrics.max_abs_error(traj.x, exact))
+    name, metric = lw.default_metric(two_d_mixture(), (N, 2))
+    assert "sliced" in name and callable(metric)
+    assert lw.default_metric(lab.load("moons-mlp"), (N, 2)) == (None, None)  # no reference
+    custom = Compare(two_d_mixture(), {"a": "euler", "b": "euler"}, shape=(N, 2), steps=3,
+                     metric=lambda t: float(t.x.abs().max()), metric_name="max |x|")
+    assert [r["rule"] for r in custom.rows] == ["a", "b"]
+    assert custom.rows[0]["metric"] == custom.rows[1]["metric"]
+    with pytest.raises(TypeError):
+        Compare(two_d_mixture(), ["euler"], shape=(N, 2), metric="fid", run_now=False)
+
+
+def test_compare_rule_that_does_not_fit(mix):
+    # annealed Langevin makes 5 moves per level plus a final denoising call: 6 NFE at least
+    comp = Compare(mix, ["euler", "annealed_langevin"], shape=(N, 2), steps=3, match="NFE")
+    rows = {r["rule"]: r for r in comp.rows}
+    assert rows["annealed_langevin"]["steps"] is None
+    assert "does not fit" in rows["annealed_langevin"]["status"]
+    assert list(comp.trajectories) == ["euler"]
+
+
+def test_panels_display_as_widgets(mix):
+    panel = RulePanel(mix, shape=(N, 2), steps=2)
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert lw.CSS["slider"] in panel.scrubber.slider._dom_classes
+    assert lw.CSS["readout"] in panel.scrubber.readout._dom_classes
