@@ -87,8 +87,13 @@ def reference_features(name: str = "fashion-test", folder=zoo.WEIGHTS) -> Tensor
 
     Raises ``lab.zoo.ChecksumError`` if the file does not match its recorded sha256, and
     ``ValueError`` if the shipped classifier is not the one the features came from.
-    Cached in memory per file (path, size, modification time).
+    Read and verified once per file (path, size, modification time); returns a copy.
     """
+    return _reference_features(name, folder).clone()
+
+
+def _reference_features(name: str, folder=zoo.WEIGHTS) -> Tensor:
+    """The cached tensor itself (read-only by convention)."""
     meta = reference_info(name, folder)
     path, _ = _paths(name, folder)
     if not path.exists():
@@ -196,7 +201,7 @@ def _feature_pair(samples, reference, classifier, batch_size) -> tuple[Tensor, T
         elif isinstance(classifier, str) and classifier != meta["classifier"]:
             raise ValueError(f"reference {reference!r} holds {meta['classifier']!r} features; "
                              f"cannot compare them with {classifier!r} features")
-        ref = reference_features(reference)
+        ref = _reference_features(reference)
     elif isinstance(reference, Tensor):
         ref = features(reference, classifier, batch_size).to(torch.float64)
     else:

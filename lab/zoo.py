@@ -55,9 +55,10 @@ def machine() -> str:
 
 
 def available(folder=WEIGHTS) -> list[str]:
-    """Names of the shipped models (json files that describe a model ``kind``)."""
+    """Names of the shipped models (json files whose ``kind`` is a model class)."""
+    kinds = _kinds()
     return sorted(p.stem for p in Path(folder).glob("*.json")
-                  if "kind" in json.loads(p.read_text()))
+                  if json.loads(p.read_text()).get("kind") in kinds)
 
 
 def _kinds():
