@@ -1,0 +1,29 @@
+"""Quality guards for the shipped Fashion-MNIST diffusion models, at fixed seeds.
+
+Figures measured with the shipped weights (see README: Model zoo); the bounds leave
+headroom above them, so a regression in the sampler, the loader or the weights fails.
+"""
+
+import pytest
+import torch
+
+import lab
+
+# name -> (FID measured with heun, 20 steps, 512 samples, seed 0; the bound asserted)
+GUARDS = {"fashion-edm": (4.72, 7.0)}
+
+
+def heun_samples(name, n=512, steps=20, seed=0):
+    model = lab.load(name)
+    sig = lab.schedules.karras(steps, sigma_min=0.002, sigma_max=80.0)
+    x = lab.noise((n, *model.sample_shape), seed=seed) * sig[0]
+    return lab.sample(model, x, sig, "heun", record="final").x
+
+
+@pytest.mark.parametrize("name", sorted(GUARDS))
+def test_fid_of_heun_at_20_steps(name):
+    measured, bound = GUARDS[name]
+    samples = heun_samples(name)
+    assert samples.shape == (512, 1, 28, 28) and bool(torch.isfinite(samples).all())
+    fid = lab.metrics.fid(samples)
+    assert fid < bound, f"{name}: FID {fid:.2f} (measured {measured} when shipped)"
