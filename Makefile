@@ -35,7 +35,7 @@ data:
 	fi
 
 demo: setup
-	$(PY) -m experiments.mixture_2d
+	$(PY) -m experiments.demo
 
 # pytest's exit code (5 = nothing collected included) is make's exit code.
 test: setup data
