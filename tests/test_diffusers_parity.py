@@ -61,6 +61,7 @@ from diffusers import (  # noqa: E402
 
 import lab  # noqa: E402
 from lab.models import from_diffusers  # noqa: E402
+from tests import diffusers_loop
 
 TOL = 1e-4
 SHAPE = (2, 2, 8, 8)
@@ -115,28 +116,14 @@ def ddim_sigmas(sched) -> torch.Tensor:
 
 
 def run_diffusers(unet, sched, start, sigmas, vp):
-    """diffusers' loop from ``start`` (sigma-space); its state after each full step,
-    back in sigma-space."""
+    """diffusers' loop, after checking it would start from the same state itself."""
     s0 = float(sigmas[0])
     if vp:
         assert float(sched.init_noise_sigma) == 1.0
-        sample = start / math.sqrt(1 + s0**2)
     else:
         # diffusers would start from noise * init_noise_sigma: the same state
         assert float(sched.init_noise_sigma) == pytest.approx(s0, rel=1e-6)
-        sample = start.clone()
-    states = []
-    with torch.no_grad():
-        for i, t in enumerate(sched.timesteps):
-            out = unet(sched.scale_model_input(sample, t), t).sample
-            sample = sched.step(out, t, sample).prev_sample
-            # Heun: a full step is done when it is back in its first stage (or at the end)
-            if getattr(sched, "state_in_first_order", True) or i == len(sched.timesteps) - 1:
-                states.append(sample)
-    assert len(states) == len(sigmas) - 1
-    if vp:
-        states = [s * math.sqrt(1 + float(sig) ** 2) for s, sig in zip(states, sigmas[1:])]
-    return states
+    return diffusers_loop.run_diffusers(unet, sched, start, sigmas, vp)
 
 
 def parity(unet, sched, rule, timestep, n, vp=False, sigmas=None, prediction_type=None):

@@ -38,6 +38,7 @@ from lab.models.vp_export import (  # noqa: E402
     to_diffusers,
     vp_betas,
 )
+from tests.diffusers_loop import run_diffusers  # noqa: E402
 
 TOL = 1e-4
 SHAPE = (1, 4, 4)
@@ -253,24 +254,6 @@ def test_a_network_is_called_in_its_own_dtype():
 
 
 # ---- peer parity: lab rules vs diffusers schedulers -----------------------------------
-
-
-def run_diffusers(unet, sched, start, sigmas, vp):
-    """diffusers' own loop from ``start`` (sigma-space); its state after each full step,
-    in sigma-space."""
-    s0 = float(sigmas[0])
-    sample = (start / math.sqrt(1 + s0**2) if vp else start).float()
-    states = []
-    with torch.no_grad():
-        for i, t in enumerate(sched.timesteps):
-            out = unet(sched.scale_model_input(sample, t), t).sample
-            sample = sched.step(out, t, sample).prev_sample
-            if getattr(sched, "state_in_first_order", True) or i == len(sched.timesteps) - 1:
-                states.append(sample)
-    assert len(states) == len(sigmas) - 1
-    if vp:
-        states = [s * math.sqrt(1 + float(sig) ** 2) for s, sig in zip(states, sigmas[1:])]
-    return states
 
 
 def scheduler_sigmas(sched, vp) -> torch.Tensor:
