@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .zoo import register
 
-__all__ = ["SigmaRegressor", "RMSHeuristic", "resolve"]
+__all__ = ["SigmaRegressor", "RMSHeuristic", "resolve", "relative_error"]
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -92,6 +92,21 @@ def resolve(spec, model) -> Callable[[Tensor], Tensor] | None:
         return RMSHeuristic(sd, max(getattr(model, "sigma_min", 0.0), 1e-3))
     raise ValueError(f"sigma_estimate must be None, 'noise', 'rms' or a callable x -> (B,) "
                      f"sigma, got {spec!r}")
+
+
+@torch.no_grad()
+def relative_error(estimator: Callable[[Tensor], Tensor], images: Tensor, sigmas,
+                   seed: int = 0) -> list[float]:
+    """Median of ``|sigma_hat / sigma - 1|`` over ``images`` noised at each of ``sigmas``.
+
+    One noise draw per image (``lab.noise(..., seed)``), scaled to each sigma in turn, so
+    the levels differ only in sigma. This is the figure the README reports and the tests
+    pin for each estimator.
+    """
+    from .seeding import noise
+
+    eps = noise(images.shape, seed=seed, dtype=images.dtype)
+    return [float((estimator(images + s * eps) / s - 1).abs().median()) for s in map(float, sigmas)]
 
 
 def clamp(sigma: Tensor, model) -> Tensor:
