@@ -32,8 +32,7 @@ import torch
 
 import lab
 from lab import io, study, viz
-from lab.metrics import ode_reference, sliced_wasserstein
-from lab.models import GaussianMixture
+from lab.metrics import ode_reference, sample_distances, sliced_wasserstein
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "mixture_2d"
 BUDGETS = (5, 10, 20, 50)
@@ -48,20 +47,9 @@ PATH_BUDGET = 10
 SW_PROJECTIONS = 128  # plenty of directions in 2-D; the sort dominates the demo's time
 
 
-def mixture() -> GaussianMixture:
-    """A ring of six tangentially stretched components of unequal weight, a broad tilted
-    one in the middle, and a small tight mode far out: 8 components, spread about 5."""
-    def cov(angle, major, minor):
-        c, s = math.cos(angle), math.sin(angle)
-        u = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
-        return u @ torch.diag(torch.tensor([major, minor], dtype=torch.float64)) @ u.T
-
-    angles = [2 * math.pi * k / 6 for k in range(6)]
-    means = [[5 * math.cos(a), 5 * math.sin(a)] for a in angles] + [[0.0, 0.0], [11.0, 9.0]]
-    covs = [cov(a + math.pi / 2, 0.6, 0.04) for a in angles] + [cov(0.5, 1.0, 0.25),
-                                                                 cov(0.0, 0.05, 0.05)]
-    weights = [0.20, 0.15, 0.12, 0.10, 0.08, 0.05, 0.25, 0.05]
-    return GaussianMixture(torch.tensor(means), torch.stack(covs), torch.tensor(weights))
+def mixture():
+    """The 8-component 2-D ring mixture (:func:`lab.data.ring_mixture`)."""
+    return lab.data.ring_mixture()
 
 
 def schedule(n: int) -> torch.Tensor:
@@ -79,10 +67,6 @@ def rule_factories() -> dict[str, Callable[[], lab.rules.Rule]]:
                partial(lab.rules.churn, "heun"),
                partial(lab.rules.langevin, "heun")]
     return {make().config_name: make for make in makers}
-
-
-def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a.to(torch.float64) - b.to(torch.float64)).flatten(1).norm(dim=1)
 
 
 def sw(a, b) -> float:
@@ -112,24 +96,16 @@ def run_rule(model, x, reference, exact, label, make, budget, seed=NOISE_SEED):
     if traj.nfe != predicted:
         row["status"] = f"NFE mismatch: counted {traj.nfe}, lab.rules.nfe says {predicted}"
     if not rule.stochastic:
-        d = _distances(traj.x, reference)
+        d = sample_distances(traj.x, reference)
         row.update(error_rms=float(d.pow(2).mean().sqrt()), error_max=float(d.max()))
     return row, traj
 
 
 def identical_groups(finals: dict[str, list], atol=1e-9) -> list[list[str]]:
     """Labels whose final samples agree at every budget (to ``atol``), two or more a group."""
-    groups: list[list[str]] = []
-    for label, xs in finals.items():
-        for g in groups:
-            ys = finals[g[0]]
-            if all(a is not None and b is not None and torch.allclose(a, b, rtol=0, atol=atol)
-                   for a, b in zip(xs, ys)):
-                g.append(label)
-                break
-        else:
-            groups.append([label])
-    return [g for g in groups if len(g) > 1]
+    return study.groups_of(finals, lambda xs, ys: all(
+        a is not None and b is not None and torch.allclose(a, b, rtol=0, atol=atol)
+        for a, b in zip(xs, ys)))
 
 
 def run(out_dir=RESULTS, budgets: Sequence[int] = BUDGETS, n: int = N_SAMPLES,
@@ -139,12 +115,8 @@ def run(out_dir=RESULTS, budgets: Sequence[int] = BUDGETS, n: int = N_SAMPLES,
     Runs torch on one thread: the 2-D tensors are tiny, and on a busy machine two
     threads made each model call about ten times slower.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with study.threads(1):
         return _run(Path(out_dir), tuple(sorted(budgets)), n, seed, verbose)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out_dir: Path, budgets: tuple[int, ...], n: int, seed: int, verbose: bool):
@@ -157,7 +129,7 @@ def _run(out_dir: Path, budgets: tuple[int, ...], n: int, seed: int, verbose: bo
     at_min = ode_reference(model, x, SIGMA_MAX, SIGMA_MIN)
     reference = ode_reference(model, at_min, SIGMA_MIN, 0.0)
     with torch.inference_mode():
-        truncated = _distances(model(at_min, SIGMA_MIN), reference)
+        truncated = sample_distances(model(at_min, SIGMA_MIN), reference)
     exact = model.sample(n, DATA_SEED, dtype=torch.float64)
     floor_sw = [sw(exact, model.sample(n, s, dtype=torch.float64)) for s in FLOOR_SEEDS]
     setup = {
@@ -253,29 +225,18 @@ def _plot_metrics(path, rows, setup):
     viz.save_figure(fig, path, dpi=130)
 
 
-def _pivot(rows, labels, budgets, key, fmt):
-    out = []
-    for label in labels:
-        entry = {"rule": label}
-        for b in budgets:
-            r = next(r for r in rows if r["rule"] == label and r["budget"] == b)
-            entry[str(b)] = fmt(r) if r[key] is not None else (
-                "n/a" if r["status"].startswith("does not fit") else "failed")
-        out.append(entry)
-    return out
-
-
 def summary(rows: list[dict], setup: dict) -> str:
     """summary.md, every number taken from ``rows`` and ``setup``."""
     budgets = setup["budgets"]
     labels = list(dict.fromkeys(r["rule"] for r in rows))
     det = [lb for lb in labels if not next(r for r in rows if r["rule"] == lb)["stochastic"]]
-    cols = ["rule", *map(str, budgets)]
-    heads = {str(b): f"B={b}" for b in budgets}
 
     def table(key, names, fmt):
-        return study.markdown_table(_pivot(rows, names, budgets, key, fmt), cols,
-                                    headers=heads, right=cols[1:])
+        entries = study.pivot([r for r in rows if r["rule"] in names], "rule", "budget",
+                              lambda r: fmt(r) if r[key] is not None else (
+                                  "n/a" if r["status"].startswith("does not fit") else "failed"),
+                              "B={}")
+        return study.markdown_table(entries, right=list(entries[0])[1:])
 
     sched = setup["schedule"]
     fl = setup["sw_floor"]

@@ -56,7 +56,7 @@ __all__ = [
     "FashionMNISTNotFound", "cache_dir", "download_fashion_mnist", "fashion_mnist",
     "find_fashion_mnist", "read_idx", "sigma_data",
     "TOYS", "toy", "two_moons", "eight_gaussians", "eight_gaussians_mixture",
-    "checkerboard", "swiss_roll",
+    "checkerboard", "swiss_roll", "ring_mixture", "image_gaussian",
 ]
 
 # ----------------------------------------------------------------------------------
@@ -392,6 +392,46 @@ def eight_gaussians_mixture(radius: float = 1.4, std: float = 0.1):
     means = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
     covs = (std ** 2) * torch.eye(2, dtype=torch.float64).expand(8, 2, 2).clone()
     return GaussianMixture(means, covs, torch.full((8,), 1 / 8, dtype=torch.float64))
+
+
+def ring_mixture():
+    """An exact 2-D test problem with hard features: a ring of six tangentially stretched
+    components of unequal weight (radius 5), a broad tilted one in the middle, and a small
+    tight mode far out at (11, 9). A ``lab.models.GaussianMixture`` of 8 components."""
+    from .models import GaussianMixture
+
+    def cov(angle, major, minor):
+        c, s = math.cos(angle), math.sin(angle)
+        u = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+        return u @ torch.diag(torch.tensor([major, minor], dtype=torch.float64)) @ u.T
+
+    angles = [2 * math.pi * k / 6 for k in range(6)]
+    means = [[5 * math.cos(a), 5 * math.sin(a)] for a in angles] + [[0.0, 0.0], [11.0, 9.0]]
+    covs = [cov(a + math.pi / 2, 0.6, 0.04) for a in angles] + [cov(0.5, 1.0, 0.25),
+                                                                 cov(0.0, 0.05, 0.05)]
+    weights = [0.20, 0.15, 0.12, 0.10, 0.08, 0.05, 0.25, 0.05]
+    return GaussianMixture(torch.tensor(means), torch.stack(covs), torch.tensor(weights))
+
+
+def image_gaussian(dim: int = 784, scale: float = 80.0, exponent: float = 1.3, seed: int = 0):
+    """A zero-mean ``lab.models.Gaussian`` in ``dim`` dimensions whose spectrum is spread
+    like image data: eigenvalues ``scale * k^-exponent``, k = 1..dim.
+
+    The defaults are the power law of Fashion-MNIST's pixel covariance (images in
+    [-1, 1]; fit over principal components 5 to 400 of the test set: 80 k^-1.32), so the
+    ODE is as stiff as an image model's: variances from 80 down to 0.014. The eigenbasis
+    is a random rotation fixed by ``seed``, not the pixel axes, because rules with
+    per-coordinate scaling (Adam) would otherwise see an easier, diagonal problem.
+    """
+    from .models import Gaussian
+    from .seeding import derive_seed
+
+    g = torch.Generator().manual_seed(derive_seed(seed, dim))
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    q = q * r.diagonal().sign()  # the Haar-distributed rotation, not QR's sign convention
+    lam = scale * torch.arange(1, dim + 1, dtype=torch.float64) ** -exponent
+    cov = (q * lam) @ q.T
+    return Gaussian(torch.zeros(dim, dtype=torch.float64), (cov + cov.T) / 2)
 
 
 def checkerboard(n: int, seed: int = 0) -> Tensor:

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from .seeding import derive_seed
 
-__all__ = ["sliced_wasserstein", "mmd", "ode_reference", "max_abs_error"]
+__all__ = ["sliced_wasserstein", "mmd", "ode_reference", "exact_solution", "sample_distances",
+           "rms_distance", "max_abs_error"]
 
 
 def _flat64(a: Tensor) -> Tensor:
@@ -85,6 +86,26 @@ def ode_reference(model, x: Tensor, sigma_from: float, sigma_to: float, rtol: fl
         with torch.inference_mode():
             out = model(out, end)
     return out.to(dtype)
+
+
+def exact_solution(model, x: Tensor, sigma_from: float, sigma_to: float) -> Tensor:
+    """The probability-flow ODE solution from ``x`` at ``sigma_from`` to ``sigma_to``: the
+    model's closed form where it has one (``Gaussian.solve``), else :func:`ode_reference`."""
+    solve = getattr(model, "solve", None)
+    if solve is not None:
+        return solve(x, sigma_from, sigma_to)
+    return ode_reference(model, x, sigma_from, sigma_to)
+
+
+def sample_distances(a: Tensor, b: Tensor) -> Tensor:
+    """Euclidean distance between paired samples ``a[i]`` and ``b[i]``, float64 ``(B,)``."""
+    return (_flat64(a) - _flat64(b)).norm(dim=1)
+
+
+def rms_distance(a: Tensor, b: Tensor) -> float:
+    """``sqrt(mean_i |a_i - b_i|^2)``: e.g. the global error of a sampler's final samples
+    against the exact ODE solution from the same noise."""
+    return float(sample_distances(a, b).pow(2).mean().sqrt())
 
 
 def max_abs_error(a: Tensor, b: Tensor) -> float:

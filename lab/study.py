@@ -57,11 +57,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import torch
+
 from .io import write_json, write_text
 
 __all__ = ["columns_of", "write_csv", "write_jsonl", "read_jsonl", "markdown_table",
            "format_value", "cell_key", "grid", "git_commit", "provenance", "execute",
-           "read_rows", "write_rows", "flat", "aggregate", "run", "status", "StudyError",
+           "read_rows", "write_rows", "flat", "aggregate", "pivot", "generated_note", "threads",
+           "try_sample_at_budget", "rule_parameters", "identical", "groups_of", "run", "status",
+           "StudyError",
            "ROWS", "MANIFEST"]
 
 
@@ -325,6 +329,103 @@ def aggregate(rows: Iterable[Mapping], by: Sequence[str], metrics: Sequence[str]
             entry[f"{m}_n"] = n
         out.append(entry)
     return out
+
+
+def pivot(rows: Sequence[Mapping], index: str, columns: str, value: Callable[[Mapping], object],
+          header: str = "{}") -> list[dict]:
+    """A wide table: one dict per value of ``index``, holding it and one entry per value
+    of ``columns`` (named ``header.format(value)``), ``value(row)`` of the row with both
+    values (None where there is none); first-seen order. E.g. rules x budgets::
+
+        markdown_table(pivot(rows, "rule", "budget", lambda r: f"{r['sw']:.3g}", "B={}"))
+    """
+    keys = list(dict.fromkeys(r[columns] for r in rows))
+    by = {(r[index], r[columns]): r for r in reversed(rows)}  # the first row wins
+    return [{index: i, **{header.format(k): value(by[i, k]) if (i, k) in by else None
+                          for k in keys}}
+            for i in dict.fromkeys(r[index] for r in rows)]
+
+
+def generated_note(rows: Sequence[Mapping], study_name: str) -> str:
+    """The provenance line a summary starts with: rows, cell time, command, lab version
+    and commits of the rows."""
+    commits = sorted({str(r.get("git_commit"))[:10] + ("+dirty" if r.get("git_dirty") else "")
+                      for r in rows})
+    versions = sorted({str(r.get("lab_version")) for r in rows})
+    seconds = sum(r.get("seconds") or 0 for r in rows)
+    return (f"Generated from `rows.jsonl` ({len(rows)} cells, {seconds:.1f} s of cell time) by "
+            f"`python -m experiments {study_name}`; lab {', '.join(versions)}, "
+            f"commit {', '.join(commits)}.")
+
+
+@contextlib.contextmanager
+def threads(n: int = 1):
+    """Run torch on ``n`` threads inside the block. Cells on small tensors (2-D models,
+    one Gaussian) want one: on a busy machine two threads made each model call about ten
+    times slower, and a study should leave the other core to whatever else runs."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def try_sample_at_budget(model, x, rule, budget: int, schedule, *, seed: int):
+    """:func:`lab.sample_at_budget` for a study cell, final state only: ``(traj, "ok")``,
+    or ``(None, status)`` when one step costs more than ``budget`` or a sample turned
+    NaN or Inf; outcomes a row records, not errors that should stop a study."""
+    from .sample import NonFiniteError, sample_at_budget
+
+    try:
+        traj = sample_at_budget(model, x, rule, budget, schedule, seed=seed, record="final")
+    except NonFiniteError as err:
+        return None, f"non-finite: {err}"
+    return (traj, "ok") if traj is not None else (None, "does not fit the budget")
+
+
+def rule_parameters(rows: Iterable[Mapping]) -> list[dict]:
+    """What each rule label of a study stands for: one ``{"rule": label, "parameters":
+    "k=v, ..."}`` per rule of the rows' cells (``cell["rule"]``, ``cell["params"]``), every
+    parameter shown, defaults included (labels leave defaults out: ``churn`` is euler
+    with ``s_churn=40``, ...)."""
+    from .rules import get
+
+    out: dict[str, dict] = {}
+    for row in rows:
+        cell = row["cell"]
+        if "rule" in cell:
+            rule = get(cell["rule"], **cell.get("params", {}))
+            out.setdefault(rule.config_name, {"rule": rule.config_name, "parameters": ", ".join(
+                f"{k}={format_value(v)}" for k, v in rule.config.items()) or "none"})
+    return list(out.values())
+
+
+def identical(rows: Sequence[Mapping], group: str, metric: str, where: Sequence[str],
+              rtol: float = 1e-9) -> list[list[str]]:
+    """Groups of two or more values of ``group`` (e.g. rule labels) whose ``metric``
+    agrees to ``rtol`` in every place (the values of ``where``) either was measured: e.g.
+    rules that are the same algorithm under two names."""
+    values: dict = {}
+    for r in rows:
+        if isinstance(r.get(metric), (int, float)):
+            values.setdefault(r[group], {})[tuple(_hashable(r.get(k)) for k in where)] = r[metric]
+    return groups_of(values, lambda a, b: a.keys() == b.keys() and all(
+        math.isclose(a[k], b[k], rel_tol=rtol, abs_tol=0) for k in a))
+
+
+def groups_of(items: Mapping[str, object], same: Callable[[object, object], bool]
+              ) -> list[list[str]]:
+    """The names of ``items`` whose values are ``same`` as a group's first, in groups of
+    two or more, first-seen order."""
+    groups: list[list[str]] = []
+    for name, value in items.items():
+        match = next((g for g in groups if same(value, items[g[0]])), None)
+        if match is None:
+            groups.append([name])
+        else:
+            match.append(name)
+    return [g for g in groups if len(g) > 1]
 
 
 def _hashable(v):

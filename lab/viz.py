@@ -253,13 +253,14 @@ def plot_metric_vs_nfe(ax, rows: Sequence[Mapping], metric: str, *, x: str = "nf
                        styles: Mapping[str, dict] | None = None, floor: float | None = None,
                        floor_label: str = "floor", ylabel: str | None = None,
                        logx: bool = True, logy: bool = True, legend: bool = True,
-                       xticks: Sequence[float] | None = None):
+                       xticks: Sequence[float] | None = None, yerr: str | None = None):
     """One line per ``group`` (rule) of ``metric`` against ``x`` (NFE), log-log.
 
     ``rows`` are dicts; rows without a positive finite ``metric`` (a failed run, a rule
     that did not fit the budget) are left out. Rows with ``stochastic`` true are drawn
     dashed. ``floor`` draws a horizontal reference line. ``xticks`` (default: the x
-    values if there are few, else 1-2-5 steps) are labelled as plain numbers.
+    values if there are few, else 1-2-5 steps) are labelled as plain numbers. ``yerr``
+    names a column (e.g. ``"fid_std"``) drawn as error bars where it is set.
     """
     groups = list(groups) if groups is not None else list(dict.fromkeys(r[group] for r in rows))
     if styles is None:
@@ -272,8 +273,12 @@ def plot_metric_vs_nfe(ax, rows: Sequence[Mapping], metric: str, *, x: str = "nf
         if not pts:
             continue
         ticks.update(p[0] for p in pts)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=g, markersize=4, lw=1.2,
-                **styles.get(g, {}))
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=g, markersize=4,
+                          lw=1.2, **styles.get(g, {}))
+        bars = [(r[x], r[metric], r[yerr]) for r in rows if yerr and r[group] == g
+                and _finite(r.get(metric)) and _finite(r.get(x)) and _finite(r.get(yerr))]
+        if bars:
+            ax.errorbar(*zip(*bars), fmt="none", ecolor=line.get_color(), capsize=3, lw=1)
     if floor is not None:
         ax.axhline(floor, color="k", lw=1, ls=":", label=floor_label)
     if logx:
@@ -293,6 +298,41 @@ def plot_metric_vs_nfe(ax, rows: Sequence[Mapping], metric: str, *, x: str = "nf
     if legend:
         ax.legend(fontsize="small")
     return ax
+
+
+REFERENCE_STYLES = ({"ls": ":"}, {"ls": "-."}, {"ls": "--"})
+
+
+def metric_vs_nfe_panels(rows: Sequence[Mapping], metric: str, *, panel: str = "model",
+                         group: str = "rule", ylabel: str | None = None,
+                         references: Mapping[str, Mapping[str, float]] | None = None,
+                         xticks: Sequence[float] | None = None, yerr: str | None = None,
+                         panel_size=(4.8, 4.0)):
+    """A figure with one log-log panel of ``metric`` against NFE per value of ``panel``
+    (e.g. the model), one line per ``group`` in the same style on every panel (dashed
+    where ``stochastic``) and one legend on the right. ``references[panel value]`` maps
+    a label to a horizontal line (a floor, an exact solution's score); ``yerr`` as in
+    :func:`plot_metric_vs_nfe`."""
+    names = list(dict.fromkeys(r[panel] for r in rows))
+    groups = list(dict.fromkeys(r[group] for r in rows))
+    styles = rule_styles(groups, dashed=[r[group] for r in rows if r.get("stochastic")])
+    fig, axes = new_figure(1, len(names), panel_size=panel_size, squeeze=False)
+    legend: dict[str, object] = {}
+    for ax, name in zip(axes[0], names):
+        plot_metric_vs_nfe(ax, [r for r in rows if r[panel] == name], metric, group=group,
+                           groups=groups, styles=styles, legend=False, ylabel=ylabel,
+                           xticks=xticks, yerr=yerr)
+        for (label, value), style in zip((references or {}).get(name, {}).items(),
+                                         REFERENCE_STYLES):
+            if _finite(value):
+                ax.axhline(value, color="k", lw=1, label=label, **style)
+        ax.set_title(str(name), fontsize=10)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="outside right center",
+                   fontsize="small")
+    return fig
 
 
 # --------------------------------------------------------------------------- images

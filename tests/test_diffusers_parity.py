@@ -60,8 +60,12 @@ from diffusers import (  # noqa: E402
 )
 
 import lab  # noqa: E402
-from lab.models import from_diffusers  # noqa: E402
-from tests import diffusers_loop
+from lab.models import (  # noqa: E402
+    carries_vp_sample,
+    from_diffusers,
+    scheduler_sigmas,
+    scheduler_steps,
+)
 
 TOL = 1e-4
 SHAPE = (2, 2, 8, 8)
@@ -103,34 +107,21 @@ def rel(a, b) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def ve_sigmas(sched) -> torch.Tensor:
-    """A sigma-space scheduler's own sigmas as a lab schedule (Heun's repeats dropped)."""
-    return lab.schedules.validate(torch.unique_consecutive(sched.sigmas.double()))
-
-
-def ddim_sigmas(sched) -> torch.Tensor:
-    """DDIM's noise levels: the table at its timesteps, then ``final_alpha_cumprod``."""
-    abar = torch.cat([sched.alphas_cumprod.double()[sched.timesteps],
-                      torch.as_tensor([float(sched.final_alpha_cumprod)], dtype=torch.float64)])
-    return lab.schedules.validate(((1 - abar) / abar).sqrt())
-
-
-def run_diffusers(unet, sched, start, sigmas, vp):
-    """diffusers' loop, after checking it would start from the same state itself."""
-    s0 = float(sigmas[0])
-    if vp:
-        assert float(sched.init_noise_sigma) == 1.0
-    else:
-        # diffusers would start from noise * init_noise_sigma: the same state
+def run_diffusers(unet, sched, start, vp):
+    """diffusers' loop (:func:`lab.models.scheduler_steps`): its state after each full
+    step, after checking it would start from the same state itself."""
+    assert carries_vp_sample(sched) == vp
+    if not vp:  # diffusers would start from noise * init_noise_sigma: the same state
+        s0 = float(scheduler_sigmas(sched)[0])
         assert float(sched.init_noise_sigma) == pytest.approx(s0, rel=1e-6)
-    return diffusers_loop.run_diffusers(unet, sched, start, sigmas, vp)
+    return [x for _, x, _ in scheduler_steps(unet, sched, start)]
 
 
 def parity(unet, sched, rule, timestep, n, vp=False, sigmas=None, prediction_type=None):
     """Worst relative error over the steps between lab and diffusers (and the final one)."""
     if sigmas is None:
         sched.set_timesteps(n)
-        sigmas = ddim_sigmas(sched) if isinstance(sched, DDIMScheduler) else ve_sigmas(sched)
+        sigmas = scheduler_sigmas(sched)
     assert sigmas.dtype == torch.float64 and float(sigmas[-1]) == 0.0
     assert len(sigmas) == n + 1
     model = from_diffusers(unet, sched, timestep=timestep, prediction_type=prediction_type)
@@ -138,8 +129,8 @@ def parity(unet, sched, rule, timestep, n, vp=False, sigmas=None, prediction_typ
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the scheduler's sigmas never leave the table
         traj = lab.sample(model, start, sigmas, rule, seed=0)
-    ref = run_diffusers(unet, sched, start, sigmas, vp)
-    errors = [rel(a, b) for a, b in zip(traj.xs[1:], ref)]
+    ref = run_diffusers(unet, sched, start, vp)
+    errors = [rel(a, b) for a, b in zip(traj.xs[1:], ref, strict=True)]
     return max(errors), errors[-1], traj
 
 
@@ -181,14 +172,14 @@ def test_euler_with_sigmas_outside_the_table_matches_diffusers(unet):
     sigmas = lab.schedules.karras(8, sigma_min=0.002, sigma_max=400.0)
     sched.set_timesteps(sigmas=sigmas.tolist())
     sched.set_begin_index(0)  # the two clamped t = 999 would confuse its index search
-    sigmas = lab.schedules.validate(sched.sigmas.double())
+    sigmas = scheduler_sigmas(sched)
     model = from_diffusers(unet, sched, timestep="log")
     start = lab.noise(SHAPE, seed=1) * float(sigmas[0])
     with pytest.warns(UserWarning, match="outside the model's table") as caught:
         traj = lab.sample(model, start, sigmas, "euler", seed=0)
     assert len(caught) == 1
-    ref = run_diffusers(unet, sched, start, sigmas, vp=False)
-    errors = [rel(a, b) for a, b in zip(traj.xs[1:], ref)]
+    ref = run_diffusers(unet, sched, start, vp=False)
+    errors = [rel(a, b) for a, b in zip(traj.xs[1:], ref, strict=True)]
     assert max(errors) <= TOL, errors
 
 

@@ -34,11 +34,13 @@ import lab  # noqa: E402
 from lab.models import from_diffusers  # noqa: E402
 from lab.models.vp_export import (  # noqa: E402
     VPEpsilonModel,
+    carries_vp_sample,
     diffusers_alphas_cumprod,
+    scheduler_sigmas,
+    scheduler_steps,
     to_diffusers,
     vp_betas,
 )
-from tests.diffusers_loop import run_diffusers  # noqa: E402
 
 TOL = 1e-4
 SHAPE = (1, 4, 4)
@@ -256,26 +258,17 @@ def test_a_network_is_called_in_its_own_dtype():
 # ---- peer parity: lab rules vs diffusers schedulers -----------------------------------
 
 
-def scheduler_sigmas(sched, vp) -> torch.Tensor:
-    if not vp:  # Heun repeats its interior sigmas
-        return lab.schedules.validate(torch.unique_consecutive(sched.sigmas.double()))
-    if isinstance(sched, DDIMScheduler):
-        abar = torch.cat([sched.alphas_cumprod.double()[sched.timesteps],
-                          torch.tensor([float(sched.final_alpha_cumprod)], dtype=torch.float64)])
-        return lab.schedules.validate(((1 - abar) / abar).sqrt())
-    return lab.schedules.validate(sched.sigmas.double())  # DPM-Solver: table sigmas, then 0
-
-
 def parity(model, make, rule, timestep, n, vp):
     unet = to_diffusers(model, timestep=timestep)
     sched = unet.make_scheduler(make[0], **make[1])
     sched.set_timesteps(n)
-    sigmas = scheduler_sigmas(sched, vp)
+    assert carries_vp_sample(sched) == vp
+    sigmas = scheduler_sigmas(sched)
     assert len(sigmas) == n + 1 and float(sigmas[-1]) == 0.0
     start = lab.noise((2, *SHAPE), seed=0, dtype=torch.float64) * float(sigmas[0])
     traj = lab.sample(model, start, sigmas, rule, seed=0)
-    ref = run_diffusers(unet, sched, start.float(), sigmas, vp)
-    errors = [rel(a, b) for a, b in zip(traj.xs[1:], ref)]
+    ref = [x for _, x, _ in scheduler_steps(unet, sched, start)]
+    errors = [rel(a, b) for a, b in zip(traj.xs[1:], ref, strict=True)]
     return max(errors), traj
 
 
@@ -360,7 +353,7 @@ def test_ddim_pipeline_runs_the_lab_model_and_matches_lab_euler(narrow):
     assert 0 < float(out.min()) and float(out.max()) < 1  # nothing clamped
     # the same run in the lab: pipelines start from N(0, I) in VP terms at t = 900
     z = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(0))
-    sigmas = scheduler_sigmas(pipe.scheduler, vp=True)
+    sigmas = scheduler_sigmas(pipe.scheduler)
     x = z.double() * math.sqrt(1 + float(sigmas[0]) ** 2)
     final = lab.sample(narrow, x, sigmas, "euler", record="final").x
     assert rel(out * 2 - 1, final) < TOL

@@ -15,14 +15,13 @@ distance to as many exact samples of the model). ``--fast``: 64 samples, budgets
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
 
 import lab
 from lab import io, study, viz
-from lab.metrics import ode_reference, sliced_wasserstein
+from lab.metrics import exact_solution, rms_distance, sliced_wasserstein
 
 NAME = "smoke"
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -64,21 +63,7 @@ def start(samples: int, seed: int) -> torch.Tensor:
 def reference(name: str, samples: int, seed: int) -> torch.Tensor:
     """The exact probability-flow ODE solution from the cell's starting noise (cached:
     cells that differ only in rule or budget share it)."""
-    m, x = model(name), start(samples, seed)
-    if isinstance(m, lab.models.Gaussian):
-        return m.solve(x, SIGMA_MAX, 0.0)
-    return ode_reference(m, x, SIGMA_MAX, 0.0)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """2-D tensors are tiny: one thread is faster, and kinder to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    return exact_solution(model(name), start(samples, seed), SIGMA_MAX, 0.0)
 
 
 def label(cell) -> str:
@@ -86,7 +71,7 @@ def label(cell) -> str:
 
 
 def run_cell(cell: dict) -> dict:
-    with one_thread():
+    with study.threads(1):
         m = model(cell["model"])
         rule = lab.rules.get(cell["rule"], **cell["params"])
         steps = lab.rules.steps_for_budget(rule, cell["budget"], schedule)
@@ -96,10 +81,8 @@ def run_cell(cell: dict) -> dict:
         x = start(cell["samples"], cell["seed"])
         traj = lab.sample(m, x, schedule(steps), rule, seed=cell["seed"], record="final")
         exact = m.sample(cell["samples"], seed=10_000 + cell["seed"], dtype=torch.float64)
-        error = None
-        if not rule.stochastic:
-            d = (traj.x - reference(cell["model"], cell["samples"], cell["seed"])).norm(dim=1)
-            error = float(d.pow(2).mean().sqrt())
+        error = None if rule.stochastic else rms_distance(
+            traj.x, reference(cell["model"], cell["samples"], cell["seed"]))
         return {"label": rule.config_name, "steps": steps, "nfe": traj.nfe, "error_rms": error,
                 "sw": sliced_wasserstein(traj.x, exact, projections=SW_PROJECTIONS),
                 "status": "ok"}
@@ -124,16 +107,12 @@ def render(rows: list[dict], out_dir) -> None:
     viz.save_figure(fig, out_dir / "metrics_vs_nfe.png", dpi=110)
 
     seeds = sorted({r["seed"] for r in flat})
-    commits = sorted({r["git_commit"][:10] for r in rows})
-    versions = sorted({r["lab_version"] for r in rows})
     fmt = {"error_rms": "{:.3g}", "sw": "{:.3g}", "error_rms_std": "{:.2g}",
            "sw_std": "{:.2g}", "seconds": "{:.2f}"}
     lines = [
         "# Smoke study: four rules on two exact 2-D models",
         "",
-        f"Generated from `rows.jsonl` ({len(rows)} cells, {sum(r['seconds'] for r in rows):.1f} "
-        f"s of cell time) by `python -m experiments {NAME}`; lab {', '.join(versions)}, "
-        f"commit {', '.join(commits)}.",
+        study.generated_note(rows, NAME),
         "",
         f"Karras schedule sigma {SIGMA_MAX:g} -> {SIGMA_MIN:g}; budgets {budgets}; seeds {seeds}; "
         f"{', '.join(str(s) for s in sorted({r['samples'] for r in flat}))} samples a cell. "

@@ -3,8 +3,16 @@
 from .analytic import Empirical, Gaussian, GaussianMixture
 from .diffusers import TIMESTEP_MAPPINGS, DiffusersDenoiser, from_diffusers
 from .networks import EDM, MLP, NoisePredictor, UNet
-from .vp_export import VPEpsilonModel, to_diffusers
+from .vp_export import (
+    VPEpsilonModel,
+    carries_vp_sample,
+    sample_with_scheduler,
+    scheduler_sigmas,
+    scheduler_steps,
+    to_diffusers,
+)
 
 __all__ = ["Gaussian", "GaussianMixture", "Empirical", "DiffusersDenoiser", "from_diffusers",
            "TIMESTEP_MAPPINGS", "EDM", "NoisePredictor", "MLP", "UNet", "to_diffusers",
-           "VPEpsilonModel"]
+           "VPEpsilonModel", "carries_vp_sample", "scheduler_sigmas", "scheduler_steps",
+           "sample_with_scheduler"]

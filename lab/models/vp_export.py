@@ -8,6 +8,8 @@ returns) that predicts the noise of a VP sample, with a discrete table of its ow
     sched = unet.make_scheduler(diffusers.DDIMScheduler)      # any VP scheduler class
     image = diffusers.DDIMPipeline(unet=unet, scheduler=sched)(batch_size=4,
                                                                 output_type="np").images
+    sched.set_timesteps(20)                                   # diffusers' own loop:
+    x, nfe = sample_with_scheduler(unet, sched, noise * float(scheduler_sigmas(sched)[0]))
 
 The table. Timestep ``t`` of ``num_train_timesteps`` has ``sigma_t`` log-linear in ``t``
 from the model's ``sigma_min`` to its ``sigma_max`` (0.002 and 80, the EDM defaults, for
@@ -29,6 +31,7 @@ the inverse of Euler/Heun/LMS ``linspace`` timesteps), then ``x = z sqrt(1 + s^2
 
 from __future__ import annotations
 
+import collections
 import inspect
 import itertools
 import math
@@ -38,7 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["VPEpsilonModel", "to_diffusers", "vp_betas", "diffusers_alphas_cumprod"]
+__all__ = ["VPEpsilonModel", "to_diffusers", "vp_betas", "diffusers_alphas_cumprod",
+           "carries_vp_sample", "scheduler_sigmas", "scheduler_steps", "sample_with_scheduler"]
 
 #: How the module turns a scheduler's timestep into sigma (see the module docstring).
 SIGMA_MAPS = ("log", "linear")
@@ -268,3 +272,77 @@ def to_diffusers(denoiser, num_train_timesteps: int = 1000, *, sigma_min: float 
     sigmas = torch.exp(torch.linspace(math.log(lo), math.log(hi), num_train_timesteps,
                                       dtype=torch.float64))
     return VPEpsilonModel(denoiser, vp_betas(sigmas), timestep, sample_shape, dtype)
+
+
+# ---- diffusers' own sampling loop, seen from sigma-space -------------------------------
+
+
+def carries_vp_sample(scheduler) -> bool:
+    """Whether ``scheduler`` works on the VP sample ``x / sqrt(1 + sigma^2)`` (DDIM,
+    DPM-Solver, UniPC) rather than on ``x`` itself (Euler, Heun, LMS). diffusers starts
+    from ``N(0, I) * init_noise_sigma``, which is 1 exactly for the former."""
+    return float(scheduler.init_noise_sigma) == 1.0
+
+
+def scheduler_sigmas(scheduler) -> Tensor:
+    """The noise levels a diffusers scheduler steps through after ``set_timesteps``, as a
+    lab schedule (float64, descending, ending in its final sigma: 0 by default).
+
+    Schedulers with ``sigmas`` (Euler, Heun, LMS, DPM-Solver, UniPC) keep them in
+    sigma-space already; Heun repeats its interior ones, dropped here. DDIM has none: its
+    table at its timesteps, then ``final_alpha_cumprod``. DDIM steps from ``t`` to ``t -
+    num_train_timesteps // n``, the next listed timestep only with ``"leading"`` or
+    ``"trailing"`` spacing and ``num_train_timesteps % n == 0``.
+    """
+    from ..schedules import validate
+
+    if getattr(scheduler, "sigmas", None) is not None:
+        return validate(torch.unique_consecutive(torch.as_tensor(scheduler.sigmas).double()))
+    if not hasattr(scheduler, "final_alpha_cumprod"):
+        raise TypeError(f"{type(scheduler).__name__} has neither sigmas nor "
+                        "final_alpha_cumprod: cannot tell which noise levels it steps through")
+    abar = torch.cat([scheduler.alphas_cumprod.double()[scheduler.timesteps],
+                      torch.tensor([float(scheduler.final_alpha_cumprod)], dtype=torch.float64)])
+    return validate(((1 - abar) / abar).sqrt())
+
+
+def scheduler_steps(model, scheduler, start: Tensor):
+    """diffusers' own sampling loop, as a generator of ``(sigma, x, nfe)`` after each full
+    step: ``x`` in sigma-space at noise level ``sigma``, ``nfe`` the model calls so far.
+
+    ``model`` is a diffusers epsilon model (``to_diffusers(denoiser)``, a ``UNet2DModel``);
+    call ``scheduler.set_timesteps`` first. ``start`` is the sigma-space state at the
+    scheduler's first noise level (``noise * scheduler_sigmas(scheduler)[0]``). The loop
+    is the pipelines' (the model on ``scale_model_input(sample, t)``, then ``step``),
+    through public API only, on the scheduler's own sample (scaled to VP form where
+    :func:`carries_vp_sample`) and in ``model.dtype``.
+    """
+    sigmas = scheduler_sigmas(scheduler)
+    scale = (1 + sigmas**2).sqrt().tolist() if carries_vp_sample(scheduler) else None
+    sample = start.to(model.dtype)
+    sample = sample / scale[0] if scale else sample
+    timesteps, i = scheduler.timesteps, 0
+    for nfe, t in enumerate(timesteps, 1):
+        with torch.no_grad():  # around each call, not across the yields (thread-local)
+            out = model(scheduler.scale_model_input(sample, t), t).sample
+            sample = scheduler.step(out, t, sample).prev_sample
+        # Heun's step is whole once it is back in its first stage (its last is Euler)
+        if getattr(scheduler, "state_in_first_order", True) or nfe == len(timesteps):
+            i += 1
+            if i == len(sigmas):
+                break  # more steps than noise levels: reported below
+            yield float(sigmas[i]), (sample * scale[i] if scale else sample), nfe
+    if i != len(sigmas) - 1:
+        raise RuntimeError(f"{type(scheduler).__name__} took {i} steps over "
+                           f"{len(sigmas) - 1} noise levels: not a loop this function knows")
+
+
+def sample_with_scheduler(model, scheduler, start: Tensor,
+                          num_inference_steps: int | None = None) -> tuple[Tensor, int]:
+    """The final sample (sigma-space) of diffusers' own loop from ``start``, and its model
+    calls (NFE); see :func:`scheduler_steps`. ``num_inference_steps``: call
+    ``scheduler.set_timesteps`` with it first (else the timesteps already set)."""
+    if num_inference_steps is not None:
+        scheduler.set_timesteps(num_inference_steps)
+    ((_, x, nfe),) = collections.deque(scheduler_steps(model, scheduler, start), maxlen=1)
+    return x, nfe

@@ -1,0 +1,175 @@
+"""The studies of ``experiments/studies``: each one's ``--fast`` run through
+``lab.study.run`` (its summary generated, naming every cell) and checks of its own parts."""
+
+import pytest
+import torch
+
+import lab
+from experiments.studies import exact_error_vs_nfe, noise_reinjection, rules_vs_nfe
+
+# ---- rules_vs_nfe ------------------------------------------------------------------------
+# Time budget: its --fast run 60 s on two busy cores (measured 55-59 s beside a training
+# run, 118 s with another study running too); the parity checks a few seconds.
+# Library-level peer parity (each lab rule and its diffusers scheduler through
+# to_diffusers, at the same sigmas, 1e-4) is in test_to_diffusers.py;
+# here the study's own peer path on fashion-edm.
+
+# diffusers 0.42 calls np.array on torch tensors in set_timesteps (numpy 2 "copy" notice)
+quiet_diffusers = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers")
+
+
+@pytest.fixture(scope="module")
+def rules_vs_nfe_run(tmp_path_factory):
+    return run_fast(rules_vs_nfe, tmp_path_factory)
+
+
+@pytest.mark.slow
+@quiet_diffusers
+def test_rules_vs_nfe_fast_summary_names_every_cell(rules_vs_nfe_run):
+    out, rows = rules_vs_nfe_run
+    check_summary_names_every_cell(rules_vs_nfe, out, rows, ["fid_vs_nfe.png"])
+    summary = (out / "summary.md").read_text()
+    for row in rows:
+        assert 0 < row["metrics"]["fid"] and row["nfe"] <= row["cell"]["budget"]
+    # Heun costs 2n - 1 calls; its FID at 10 calls is a mean over three seeds, with a std
+    assert {r["cell"]["budget"]: r["nfe"] for r in rows if r["cell"].get("rule") == "heun"
+            and r["cell"]["seed"] == 0} == {5: 5, 10: 9}
+    line = next(ln for ln in summary.splitlines() if ln.startswith("| heun | 10 | 5 | 9 |"))
+    assert line.split("|")[6].strip()  # the FID std column
+
+
+@quiet_diffusers
+@pytest.mark.parametrize("scheduler, rule", [("DDIMScheduler", "euler"),
+                                             ("HeunDiscreteScheduler", "heun"),
+                                             ("DPMSolverMultistepScheduler", "dpmpp_2m")])
+def test_rules_vs_nfe_peer_is_the_lab_rule_on_its_sigmas(scheduler, rule):
+    """The study's peer path (fashion-edm through to_diffusers, diffusers' loop, counted
+    NFE) against the lab rule on the scheduler's own sigmas, from the same noise."""
+    diffusers = pytest.importorskip("diffusers")
+    cell = {"model": "fashion-edm", "budget": 5,
+            **next(p for p in rules_vs_nfe.PEERS if p["peer"] == scheduler)}
+    noise = lab.noise((4, 1, 28, 28), seed=3)
+    with lab.study.threads(1):
+        x, nfe, steps = rules_vs_nfe.sample_peer(cell, noise)
+        model = rules_vs_nfe.model("fashion-edm")
+        sched = lab.models.to_diffusers(model).make_scheduler(getattr(diffusers, scheduler),
+                                                               **cell["params"])
+        sched.set_timesteps(steps)
+        sigmas = lab.models.scheduler_sigmas(sched)
+        traj = lab.sample(model, noise * float(sigmas[0]), sigmas, rule, record="final")
+    assert nfe == traj.nfe <= 5 and float(sigmas[0]) == pytest.approx(80.0, rel=1e-6)
+    assert float((x - traj.x).norm() / traj.x.norm()) < 1e-4
+
+
+# ---- shared checks -----------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_fast(module, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"{module.NAME}-fast")
+    return out, lab.study.run(module, out, fast=True, progress=False)
+
+
+def check_summary_names_every_cell(module, out, rows, images):
+    assert [r["cell"] for r in rows] == module.cells(fast=True)
+    summary = (out / "summary.md").read_text()
+    for row in rows:
+        assert f"| {row['key']} |" in summary and row["metrics"]["label"] in summary
+        assert row["metrics"]["status"] in ("ok", "does not fit the budget"), row
+    for name in images:
+        assert (out / name).read_bytes()[:8] == PNG, name
+
+
+def metric_of(rows, name, **where):
+    """The metric ``name`` of the one row whose cell or metrics match ``where``."""
+    found = [r["metrics"][name] for r in rows
+             if all({**r["cell"], **r["metrics"]}.get(k) == v for k, v in where.items())]
+    assert len(found) == 1, (where, len(found))
+    return found[0]
+
+
+# ---- exact_error_vs_nfe ------------------------------------------------------------------
+# Time budget: its --fast run 10 s on two busy cores (measured 8 s as a fresh process).
+
+
+@pytest.fixture(scope="module")
+def exact_run(tmp_path_factory):
+    return run_fast(exact_error_vs_nfe, tmp_path_factory)
+
+
+def test_exact_error_vs_nfe_fast_summary_names_every_cell(exact_run):
+    out, rows = exact_run
+    check_summary_names_every_cell(exact_error_vs_nfe, out, rows,
+                                   ["error_rms_vs_nfe.png", "sw_vs_nfe.png"])
+    summary = (out / "summary.md").read_text()
+    for model in exact_error_vs_nfe.MODELS:  # each model's SW floor, from its rows
+        floor = metric_of(rows, "sw_floor", model=model, rule="euler", budget=5)
+        assert f"**{floor:.3g}**" in summary
+    # the plain gradient step is Euler (DESIGN section 2), and the summary finds it
+    assert summary.count("- Same error_rms in every cell: euler = plain.") == 2
+
+
+@pytest.mark.parametrize("model", ["mixture", "gaussian"])
+def test_exact_errors_fall_with_nfe(exact_run, model):
+    _, rows = exact_run
+    for rule in ("euler", "heun", "rk4", "dpmpp_2m"):
+        err = {b: metric_of(rows, "error_rms", model=model, rule=rule, budget=b) for b in (5, 10)}
+        assert err[10] < err[5], (rule, err)
+    assert metric_of(rows, "error_rms", model=model, rule="ancestral", budget=10) is None
+
+
+def test_exact_error_ranking_on_the_image_like_gaussian_at_10_calls(exact_run):
+    """At 10 calls on the stiff 784-d Gaussian the exponential integrator leads and Heun's
+    5 steps lose to Euler's 10 (second order pays only from about 50 calls on: see
+    results/exact_error_vs_nfe); the closed-form reference makes this exact."""
+    _, rows = exact_run
+    err = {r: metric_of(rows, "error_rms", model="gaussian", rule=r, budget=10)
+           for r in ("dpmpp_2m", "euler", "heun")}
+    assert err["dpmpp_2m"] < err["euler"] < err["heun"], err
+
+
+def test_exact_solution_is_the_closed_form_and_agrees_with_the_numerical_solve():
+    g = lab.data.image_gaussian(dim=12, scale=4.0, seed=3)
+    assert torch.allclose(g.eigvals[0].flip(0),
+                          4.0 * torch.arange(1, 13, dtype=torch.float64) ** -1.3)
+    x = lab.noise((3, 12), seed=0, dtype=torch.float64) * 80.0
+    closed = lab.metrics.exact_solution(g, x, 80.0, 0.0)
+    numeric = lab.metrics.ode_reference(g, x, 80.0, 0.0)
+    assert lab.metrics.rms_distance(closed, numeric) < 1e-5
+
+
+# ---- noise_reinjection -------------------------------------------------------------------
+# Time budget: its --fast run 60 s on two busy cores (measured 40-45 s beside a training
+# run; Fashion sampling is most of it).
+
+
+@pytest.fixture(scope="module")
+def noise_run(tmp_path_factory):
+    return run_fast(noise_reinjection, tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_noise_reinjection_fast_summary_names_every_cell(noise_run):
+    out, rows = noise_run
+    check_summary_names_every_cell(noise_reinjection, out, rows,
+                                   ["sw_vs_nfe.png", "fid_vs_nfe.png"])
+
+
+@pytest.mark.slow
+def test_noise_reinjection_has_every_eta_and_eta_0_is_euler(noise_run):
+    out, rows = noise_run
+    metric = {"mixture": "sw", noise_reinjection.FASHION: "fid"}
+    places = {(r["cell"]["model"], r["cell"]["budget"], r["cell"]["seed"]) for r in rows}
+    assert {m for m, _, _ in places} == set(metric)
+    for model, budget, seed in places:
+        where = {"model": model, "budget": budget, "seed": seed}
+        value = {eta: metric_of(rows, metric[model], label=lab.rules.get(
+            "ancestral", eta=eta).config_name, **where) for eta in noise_reinjection.ETAS}
+        euler = metric_of(rows, metric[model], rule="euler", **where)
+        assert value[0.0] == euler  # bit for bit: the wrapper at zero draws no noise
+        assert value[1.0] != euler  # and at eta 1 it does
+    summary = (out / "summary.md").read_text()
+    for name in metric.values():
+        assert f"- Same {name} in every cell: euler = ancestral(eta=0).\n" in summary
+
