@@ -54,9 +54,9 @@ def run(out_dir=RESULTS, n: int = 512, budget: int = 20, seed: int = 0, rules=No
                "seconds": time.perf_counter() - start}
         rows.append(row)
         fig, ax = viz.new_figure(panel_size=(5, 5.3))
-        viz.plot_images(ax, traj.x[:64], nrow=8,
-                        title=f"{row['rule']}: {row['steps']} steps, {row['nfe']} NFE, "
-                              f"FID {row['fid']:.1f}")
+        viz.plot_image_grid(ax, traj.x[:64], nrow=8,
+                            title=f"{row['rule']}: {row['steps']} steps, {row['nfe']} NFE, "
+                                  f"FID {row['fid']:.1f}")
         viz.save_figure(fig, out_dir / f"grid_{rule.config_name}.png", dpi=110)
         say(f"  {row['rule']:32s} {row['steps']:3d} steps {row['nfe']:3d} NFE  "
             f"FID {row['fid']:7.2f}  KID {row['kid']:.4f}  ({row['seconds']:.0f} s)")

@@ -149,3 +149,14 @@ def kid(samples: Tensor, reference="fashion-test", classifier=None, batch_size: 
     from .fid import kid as _kid
 
     return _kid(samples, reference, classifier, batch_size, subsets, subset_size, seed)
+
+
+__all__ += ["image_scores"]
+
+
+def image_scores(samples: Tensor, reference="fashion-test") -> dict:
+    """``{"fid", "kid", "kid_std"}`` of sampled images, clamped to [-1, 1] first (the
+    images a user would see): the scores a Fashion-MNIST study cell records."""
+    images = samples.clamp(-1, 1)
+    k = kid(images, reference)
+    return {"fid": fid(images, reference), "kid": k.mean, "kid_std": k.std}

@@ -371,14 +371,16 @@ def threads(n: int = 1):
         torch.set_num_threads(old)
 
 
-def try_sample_at_budget(model, x, rule, budget: int, schedule, *, seed: int):
+def try_sample_at_budget(model, x, rule, budget: int, schedule, *, seed: int, **kwargs):
     """:func:`lab.sample_at_budget` for a study cell, final state only: ``(traj, "ok")``,
     or ``(None, status)`` when one step costs more than ``budget`` or a sample turned
-    NaN or Inf; outcomes a row records, not errors that should stop a study."""
+    NaN or Inf; outcomes a row records, not errors that should stop a study. ``kwargs``
+    go to :func:`lab.sample` (e.g. ``sigma_estimate``)."""
     from .sample import NonFiniteError, sample_at_budget
 
     try:
-        traj = sample_at_budget(model, x, rule, budget, schedule, seed=seed, record="final")
+        traj = sample_at_budget(model, x, rule, budget, schedule, seed=seed, record="final",
+                                **kwargs)
     except NonFiniteError as err:
         return None, f"non-finite: {err}"
     return (traj, "ok") if traj is not None else (None, "does not fit the budget")

@@ -45,7 +45,7 @@ from .io import atomic_path  # noqa: E402
 
 __all__ = ["new_figure", "save_figure", "log_density_2d", "bounds_2d", "density_grid",
            "plot_density_2d", "plot_paths_2d", "plot_samples_2d", "rule_styles",
-           "plot_metric_vs_nfe", "tile_images", "plot_images"]
+           "plot_metric_vs_nfe"]
 
 FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpg", ".jpeg": "jpg"}
 
@@ -337,36 +337,12 @@ def metric_vs_nfe_panels(rows: Sequence[Mapping], metric: str, *, panel: str = "
 
 # --------------------------------------------------------------------------- images
 
-def tile_images(images: Tensor, nrow: int | None = None, pad: int = 1) -> np.ndarray:
-    """``(B, C, H, W)`` images in [-1, 1] as one ``(rows*H, nrow*W)`` (or ``..., 3``) array
-    in [0, 1], ``pad`` pixels of white between tiles."""
-    images = torch.as_tensor(images).detach().to(torch.float32).clamp(-1, 1).add(1).div(2)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    b, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(b))
-    rows = math.ceil(b / nrow)
-    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for k in range(b):
-        r, q = divmod(k, nrow)
-        top, left = pad + r * (h + pad), pad + q * (w + pad)
-        grid[:, top:top + h, left:left + w] = images[k]
-    grid = grid.permute(1, 2, 0).numpy()
-    return grid[..., 0] if c == 1 else grid
-
-
-def plot_images(ax, images: Tensor, nrow: int | None = None, title: str | None = None):
-    """An image grid on ``ax`` (grey for one channel), axes hidden."""
-    ax.imshow(tile_images(images, nrow), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=10)
-
-
 # --------------------------------------------------------------------------- panels
 # Used by lab.widgets to draw one frame of a trajectory; usable on their own.
 
-__all__ += ["figure_png", "image_grid", "plot_image_grid", "plot_state_2d", "plot_field_2d",
+__all__ += ["figure_png", "image_grid", "plot_image_grid", "images_to_text", "images_from_text",
+            "preview_figure",
+            "plot_state_2d", "plot_field_2d",
             "loglog_slope", "plot_convergence", "step_angles", "plot_step_angles"]
 
 
@@ -415,6 +391,39 @@ def plot_image_grid(ax, images, *, nrow: int | None = None,
     if title:
         ax.set_title(title, fontsize=10)
     return im
+
+
+def images_to_text(images) -> str:
+    """Images ``(B, C, H, W)`` in [-1, 1] as short text (``"BxCxHxW:"`` + base64 of 8-bit
+    pixels), so that a study row can carry a preview and ``render`` can draw sample grids
+    from the rows alone. :func:`images_from_text` inverts it to within 1/255."""
+    import base64
+
+    x = torch.as_tensor(images).detach().cpu().clamp(-1, 1).add(1).mul(127.5).round()
+    shape = "x".join(map(str, x.shape))
+    return f"{shape}:{base64.b64encode(x.to(torch.uint8).numpy().tobytes()).decode()}"
+
+
+def images_from_text(text: str) -> torch.Tensor:
+    import base64
+
+    shape, _, data = text.partition(":")
+    pixels = np.frombuffer(base64.b64decode(data), dtype=np.uint8).copy()
+    return torch.from_numpy(pixels).reshape(*map(int, shape.split("x"))).float() / 127.5 - 1
+
+
+def preview_figure(previews: Mapping[str, str], *, ncols: int = 4, nrow: int = 4):
+    """One panel per ``label -> images_to_text(...)`` preview (a study's sample grids,
+    drawn from its rows)."""
+    ncols = min(ncols, max(1, len(previews)))
+    fig, axes = new_figure(math.ceil(len(previews) / ncols), ncols, panel_size=(2.6, 2.9),
+                           squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (label, text) in zip(axes.flat, previews.items()):
+        plot_image_grid(ax, images_from_text(text), nrow=nrow, title=label)
+        ax.title.set_fontsize(8)
+    return fig
 
 
 def plot_state_2d(ax, x, x0=None, *, grid=None, paths=None, color="tab:red",

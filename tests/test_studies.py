@@ -173,3 +173,25 @@ def test_noise_reinjection_has_every_eta_and_eta_0_is_euler(noise_run):
     for name in metric.values():
         assert f"- Same {name} in every cell: euler = ancestral(eta=0).\n" in summary
 
+
+
+# ---- results/README.md -------------------------------------------------------------------
+
+def test_results_readme_has_a_section_per_study_from_rows_and_reading(tmp_path):
+    """A finished study gets its generated headline, plot and hand-written reading; an
+    unfinished one the command that runs it. Built here from the committed exact rows."""
+    import shutil
+
+    from experiments import readme
+    from experiments.__main__ import RESULTS
+
+    shutil.copytree(RESULTS / "exact_error_vs_nfe", tmp_path / "exact_error_vs_nfe")
+    (tmp_path / "exact_error_vs_nfe" / "READING.md").write_text("**Reading.** test prose")
+    text = readme.main(tmp_path).read_text()
+    for name in readme.ORDER:
+        assert f"## {name}" in text
+    exact = text.split("## exact_error_vs_nfe")[1].split("\n## ")[0]
+    assert "**Reading.** test prose" in exact and "(exact_error_vs_nfe/error_rms_vs_nfe.png)" in exact
+    assert "| euler | 7.18 | 3.74 | 1.9 | 0.765 | 0.99 |" in exact  # from the rows
+    rules = text.split("## rules_vs_nfe")[1].split("\n## ")[0]
+    assert "`python -m experiments rules_vs_nfe`" in rules and "0 of 76 cells" in rules

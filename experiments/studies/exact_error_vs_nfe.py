@@ -91,10 +91,30 @@ PLOTS = {"error_rms": "RMS distance to the exact ODE solution",
          "sw": "sliced Wasserstein distance to exact samples"}
 
 
+NOTEBOOK, PLOT = "03_ode_solvers.ipynb", "error_rms_vs_nfe.png"  # for results/README.md
+
+
+def means_of(flat: list[dict]) -> list[dict]:
+    return study.aggregate(flat, ["model", "label", "stochastic", "budget", "steps", "nfe"],
+                           ["error_rms", "sw"])
+
+
+def headline(rows: list[dict]) -> list[str]:
+    """For results/README.md: per model, the best rule at each budget and the error table."""
+    means = means_of([study.flat(r) for r in rows])
+    out = []
+    for m in dict.fromkeys(r["model"] for r in means):
+        at = [r for r in means if r["model"] == m]
+        out += [f"**{m}**, RMS error to the exact ODE solution (deterministic rules):", "",
+                *headlines(at), "",
+                table([dict(e, order=order(at, e["label"]))
+                       for e in pivot(at, "error_rms", stochastic=False)])]
+    return out
+
+
 def render(rows: list[dict], out_dir) -> None:
     flat = [study.flat(r) for r in rows]
-    means = study.aggregate(flat, ["model", "label", "stochastic", "budget", "steps", "nfe"],
-                            ["error_rms", "sw"])
+    means = means_of(flat)
     models = list(dict.fromkeys(r["model"] for r in flat))
     budgets = sorted({r["budget"] for r in flat})
     per_seed = {(r["model"], r["seed"]): r for r in flat}.values()  # references: one per seed

@@ -89,19 +89,36 @@ def run_cell(cell: dict) -> dict:
         if mixture:
             data, floor = exact(cell["samples"], cell["seed"])
             return {**out, "sw": sliced_wasserstein(traj.x, data), "sw_floor": floor}
-        images = traj.x.clamp(-1, 1)  # the images a user would see, as rules_vs_nfe scores
-        kid = lab.metrics.kid(images)
-        return {**out, "fid": lab.metrics.fid(images), "kid": kid.mean, "kid_std": kid.std}
+        return {**out, **lab.metrics.image_scores(traj.x)}
 
 
 METRICS = {"sw": "sliced Wasserstein distance to exact samples", "fid": "FID", "kid": "KID"}
 
 
+NOTEBOOK, PLOT = "07_noise_or_not.ipynb", "fid_vs_nfe.png"  # for results/README.md
+
+
+def means_of(flat: list[dict], present: list[str]) -> list[dict]:
+    return study.aggregate(flat, ["model", "label", "stochastic", "budget", "steps", "nfe"],
+                           [*present, "sw_floor"])
+
+
+def headline(rows: list[dict]) -> list[str]:
+    """For results/README.md: per model, its main metric by rule and budget."""
+    flat = [study.flat(r) for r in rows]
+    means = means_of(flat, [m for m in METRICS if any(r.get(m) is not None for r in flat)])
+    out = []
+    for m in dict.fromkeys(r["model"] for r in flat):
+        at = [r for r in means if r["model"] == m]
+        metric = "sw" if m == "mixture" else "fid"
+        out += [f"**{m}**, {METRICS[metric]}:", "", pivot_table(at, metric), *best(at, metric), ""]
+    return out
+
+
 def render(rows: list[dict], out_dir) -> None:
     flat = [study.flat(r) for r in rows]
     present = [m for m in METRICS if any(r.get(m) is not None for r in flat)]
-    means = study.aggregate(flat, ["model", "label", "stochastic", "budget", "steps", "nfe"],
-                            [*present, "sw_floor"])
+    means = means_of(flat, present)
     study.write_csv(out_dir / "means.csv", means)
     budgets = sorted({r["budget"] for r in flat})
     floors = {m: study.aggregate([r for r in {(r["model"], r["seed"]): r for r in flat}.values()

@@ -136,16 +136,33 @@ def run_cell(cell: dict) -> dict:
             return {**out, "status": "does not fit the budget"}
         if not bool(torch.isfinite(x).all()):
             return {**out, "steps": steps, "nfe": nfe, "status": "non-finite samples"}
-        images = x.clamp(-1, 1)  # the images a user would see
-        kid = lab.metrics.kid(images)
-        return {**out, "steps": steps, "nfe": nfe, "fid": lab.metrics.fid(images),
-                "kid": kid.mean, "kid_std": kid.std, "status": "ok"}
+        return {**out, "steps": steps, "nfe": nfe, **lab.metrics.image_scores(x), "status": "ok"}
+
+
+NOTEBOOK, PLOT = "02_optimizers_as_samplers.ipynb", "fid_vs_nfe.png"  # for results/README.md
+
+
+def table_of(rows: list[dict]) -> list[dict]:
+    return study.aggregate([study.flat(r) for r in rows], ["label", "budget", "steps", "nfe",
+                                                           "status"], ["fid", "kid", "seconds"])
+
+
+def headline(rows: list[dict]) -> list[str]:
+    """For results/README.md: FID (± its spread over seed sets, where measured) of each
+    rule and peer at each budget."""
+    def entry(r):
+        if r["fid"] is None:
+            return "n/a"
+        return f"{r['fid']:.2f}" + (f" ± {r['fid_std']:.2f}" if r["fid_std"] else "")
+
+    wide = study.pivot(table_of(rows), "label", "budget", entry, "B={}")
+    return [f"FID at {rows[0]['cell']['samples']} samples, by model-call budget B:", "",
+            study.markdown_table(wide, headers=HEADERS, right=list(wide[0])[1:])]
 
 
 def render(rows: list[dict], out_dir) -> None:
     flat = [study.flat(r) for r in rows]
-    table = study.aggregate(flat, ["label", "budget", "steps", "nfe", "status"],
-                            ["fid", "kid", "seconds"])
+    table = table_of(rows)
     labels = list(dict.fromkeys(r["label"] for r in flat))
     peers = {r["label"] for r in flat if r["kind"] == "diffusers"}
     styles = viz.rule_styles(labels, dashed=[r["label"] for r in flat if r["stochastic"]])
