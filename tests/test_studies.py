@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import lab
-from experiments.studies import exact_error_vs_nfe, noise_reinjection, rules_vs_nfe
+from experiments.studies import (dropping_timestep, exact_error_vs_nfe, model_zoo,
+                                 noise_reinjection, perceptual_loss, rules_vs_nfe)
 
 # ---- rules_vs_nfe ------------------------------------------------------------------------
 # Time budget: its --fast run 60 s on two busy cores (measured 55-59 s beside a training
@@ -195,3 +196,21 @@ def test_results_readme_has_a_section_per_study_from_rows_and_reading(tmp_path):
     assert "| euler | 7.18 | 3.74 | 1.9 | 0.765 | 0.99 |" in exact  # from the rows
     rules = text.split("## rules_vs_nfe")[1].split("\n## ")[0]
     assert "`python -m experiments rules_vs_nfe`" in rules and "0 of 76 cells" in rules
+
+
+# ---- model_zoo ---------------------------------------------------------------------------
+# Time budget: its --fast run 10 s (measured 8 s beside a training run).
+
+def test_model_zoo_fast_scores_and_previews_its_samples(tmp_path_factory):
+    out, rows = run_fast(model_zoo, tmp_path_factory)
+    check_summary_names_every_cell(model_zoo, out, rows, ["samples.png"])
+    (row,) = rows
+    assert row["nfe"] == 7 and row["metrics"]["fid_64"] > 0
+    preview = lab.viz.images_from_text(row["metrics"]["preview"])
+    samples = lab.sample(model_zoo.model("fashion-edm"),
+                         lab.noise((2, 1, 28, 28)) * 80.0,
+                         lab.schedules.karras(4, sigma_min=0.002, sigma_max=80.0), "heun",
+                         record="final").x
+    # the preview holds the run's own first samples, to 8-bit precision
+    assert preview.shape == (16, 1, 28, 28)
+    assert (preview[:2] - samples.clamp(-1, 1)).abs().max() < 1 / 127.5 + 1e-3
