@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import lab
-from experiments.studies import (dropping_timestep, exact_error_vs_nfe, model_zoo,
-                                 noise_reinjection, perceptual_loss, rules_vs_nfe)
+from experiments.studies import exact_error_vs_nfe, model_zoo, noise_reinjection, rules_vs_nfe
 
 # ---- rules_vs_nfe ------------------------------------------------------------------------
 # Time budget: its --fast run 60 s on two busy cores (measured 55-59 s beside a training
