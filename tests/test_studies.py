@@ -191,7 +191,8 @@ def test_results_readme_has_a_section_per_study_from_rows_and_reading(tmp_path):
     for name in readme.ORDER:
         assert f"## {name}" in text
     exact = text.split("## exact_error_vs_nfe")[1].split("\n## ")[0]
-    assert "**Reading.** test prose" in exact and "(exact_error_vs_nfe/error_rms_vs_nfe.png)" in exact
+    assert "**Reading.** test prose" in exact
+    assert "(exact_error_vs_nfe/error_rms_vs_nfe.png)" in exact
     assert "| euler | 7.18 | 3.74 | 1.9 | 0.765 | 0.99 |" in exact  # from the rows
     rules = text.split("## rules_vs_nfe")[1].split("\n## ")[0]
     assert "`python -m experiments rules_vs_nfe`" in rules and "0 of 76 cells" in rules
