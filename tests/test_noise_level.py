@@ -84,6 +84,9 @@ LEVELS = [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 80]
 MEASURED = {
     "fashion-sigma": [0.0781, 0.0654, 0.0555, 0.0416, 0.0384, 0.0249, 0.0200, 0.0188, 0.0177,
                       0.0175, 0.0181],
+    # rms(noise_hat) of the noise-predicting fashion-noise-blind: no extra model call
+    "noise": [0.2012, 0.1536, 0.0893, 0.0460, 0.0286, 0.0210, 0.0183, 0.0172, 0.0172, 0.0170,
+              0.0169],
     # sqrt(rms(x)^2 - sigma_data^2): blind below sigma ~ 0.5, where the garment's own
     # brightness (and Fashion-MNIST's mean -0.43, which sigma_data = 0.71 leaves out) dominates
     "rms": [7.9695, 3.5705, 1.4381, 0.3454, 0.0921, 0.0269, 0.0174, 0.0169, 0.0168, 0.0167,
@@ -97,6 +100,8 @@ def test_images():
 
 
 def estimator(name):
+    if name == "noise":
+        return lab.load("fashion-noise-blind").estimate_sigma
     if name == "rms":
         return lab.noise_level.resolve("rms", lab.load("fashion-edm-blind"))
     return lab.load(name)
