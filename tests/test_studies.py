@@ -223,7 +223,7 @@ def test_model_zoo_fast_scores_and_previews_its_samples(tmp_path_factory):
 
 
 # ---- dropping_timestep -------------------------------------------------------------------
-# Time budget: its --fast run 55 (measured 53 s on an idle machine) s on two busy cores.
+# Time budget: its --fast run 55 s (measured 53 s on an idle machine).
 
 @pytest.fixture(scope="module")
 def dropping_run(tmp_path_factory):
