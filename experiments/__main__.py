@@ -1,4 +1,4 @@
-"""``python -m experiments <study> [--fast] [--out DIR] [--limit N] [--list]``.
+"""``python -m experiments <study> [--fast] [--out DIR] [--limit N] [--workers N] [--list]``.
 
 Runs a study of ``experiments/studies/`` (or any importable module, by dotted name)
 through :func:`lab.study.run`: the cells not yet in ``<out>/rows.jsonl`` one by one, a
@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--render-only", action="store_true",
                    help="run no cell; redraw plots and summary.md if every cell is done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=1,
+                   help="run cells in this many processes, one torch thread each")
     args = p.parse_args(argv)
 
     from lab import study as runner
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
         return 0
     try:
         rows = runner.run(module, out, fast=args.fast, limit=0 if args.render_only else args.limit,
-                          progress=not args.quiet)
+                          progress=not args.quiet,
+                          map=map if args.workers <= 1 else runner.process_map(args.workers))
     except runner.StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,12 +15,14 @@ map ``x`` to a per-sample ``(B,)`` sigma:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from . import zoo
 from .zoo import register
 
 __all__ = ["SigmaRegressor", "RMSHeuristic", "resolve", "relative_error"]
@@ -75,8 +77,12 @@ class SigmaRegressor(nn.Module):
 
 
 def resolve(spec, model) -> Callable[[Tensor], Tensor] | None:
-    """An estimator from ``None`` (use the schedule), a name, or a callable."""
-    if spec is None or callable(spec):
+    """An estimator from ``None`` or ``"schedule"`` (use the schedule), ``"noise"``,
+    ``"rms"``, the zoo name of a shipped :class:`SigmaRegressor` (``"fashion-sigma"``), or a
+    callable ``x -> (B,) sigma``."""
+    if spec is None or spec == "schedule":
+        return None
+    if callable(spec):
         return spec
     if spec == "noise":
         if not hasattr(model, "estimate_sigma"):
@@ -90,8 +96,20 @@ def resolve(spec, model) -> Callable[[Tensor], Tensor] | None:
             raise ValueError("sigma_estimate='rms' needs the data's scale: the model has no "
                              "sigma_data; pass lab.noise_level.RMSHeuristic(sd=...) instead")
         return RMSHeuristic(sd, max(getattr(model, "sigma_min", 0.0), 1e-3))
-    raise ValueError(f"sigma_estimate must be None, 'noise', 'rms' or a callable x -> (B,) "
-                     f"sigma, got {spec!r}")
+    if isinstance(spec, str) and spec in zoo.available():
+        return _shipped_regressor(spec)
+    raise ValueError(f"sigma_estimate must be None, 'schedule', 'noise', 'rms', a shipped "
+                     f"sigma regressor's name or a callable x -> (B,) sigma, got {spec!r}")
+
+
+@functools.cache
+def _shipped_regressor(name: str) -> "SigmaRegressor":
+    regressor = zoo.load(name)
+    if not isinstance(regressor, SigmaRegressor):
+        raise ValueError(f"sigma_estimate={name!r} names a {type(regressor).__name__}, not a "
+                         "sigma regressor; shipped regressors: " + ", ".join(
+                             n for n in zoo.available() if zoo.info(n)["kind"] == "sigma-regressor"))
+    return regressor
 
 
 @torch.no_grad()

@@ -65,7 +65,7 @@ __all__ = ["columns_of", "write_csv", "write_jsonl", "read_jsonl", "markdown_tab
            "format_value", "cell_key", "grid", "git_commit", "provenance", "execute",
            "read_rows", "write_rows", "flat", "aggregate", "pivot", "generated_note", "threads",
            "try_sample_at_budget", "rule_parameters", "identical", "groups_of", "run", "status",
-           "StudyError",
+           "pin_weights", "process_map", "StudyError",
            "ROWS", "MANIFEST"]
 
 
@@ -369,6 +369,52 @@ def threads(n: int = 1):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def pin_weights(cells: Iterable[Mapping], fields: Sequence[str] = ("model", "sigma_from")
+                ) -> list[dict]:
+    """The cells with ``"weights": {name: sha256[:12]}`` for every zoo model a cell names
+    in ``fields``. The checksum is part of the cell, so of its key: re-ship a model under
+    the same name and its old rows no longer count as done, instead of mixing with new
+    ones."""
+    from . import zoo
+
+    shipped = set(zoo.available())
+    out = []
+    for cell in cells:
+        names = sorted({cell[f] for f in fields if cell.get(f) in shipped})
+        out.append({**cell, "weights": {n: zoo.info(n)["sha256"][:12] for n in names}}
+                   if names else dict(cell))
+    return out
+
+
+def _one_thread_worker():
+    torch.set_num_threads(1)
+
+
+def process_map(workers: int) -> Callable:
+    """A :func:`run` backend: cells in ``workers`` processes of one torch thread each,
+    rows yielded as cells finish (so an interrupted run keeps every finished cell). Worth
+    it where cells are independent and the machine has idle cores; caches (loaded models)
+    are per process."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    def pool_map(fn, items):
+        items = list(items)
+        if not items:
+            return
+        with cf.ProcessPoolExecutor(min(workers, len(items)), initializer=_one_thread_worker,
+                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            try:
+                for done in cf.as_completed(futures):
+                    yield done.result()
+            finally:
+                for f in futures:
+                    f.cancel()
+
+    return pool_map
 
 
 def try_sample_at_budget(model, x, rule, budget: int, schedule, *, seed: int, **kwargs):

@@ -61,6 +61,18 @@ def test_unknown_or_unsuitable_estimators_are_refused(mixture):
         lab.sample(mixture, x, sig, "euler", sigma_estimate="rms")
     with pytest.raises(ValueError, match="sigma_estimate must be"):
         lab.sample(mixture, x, sig, "euler", sigma_estimate="guess")
+    with pytest.raises(ValueError, match="not a sigma regressor; shipped regressors: fashion-sigma"):
+        lab.sample(mixture, x, sig, "euler", sigma_estimate="moons-mlp")
+
+
+def test_estimators_by_name_match_the_objects():
+    """'schedule' is no estimate; a shipped regressor's name is that regressor."""
+    x = lab.noise((2, 1, 28, 28), seed=0) * 10
+    assert lab.noise_level.resolve("schedule", None) is None
+    regressor = lab.noise_level.resolve("fashion-sigma", None)
+    assert isinstance(regressor, lab.noise_level.SigmaRegressor)
+    with torch.no_grad():
+        torch.testing.assert_close(regressor(x), lab.load("fashion-sigma")(x))
 
 
 def test_noise_predictor_reuses_its_prediction_for_the_step():

@@ -253,6 +253,18 @@ def test_any_lazy_map_is_a_backend(tmp_path):
     assert pickle.loads(pickle.dumps(work)).args == ("smoke", smoke.run_cell)
 
 
+def test_process_pool_backend_gives_the_in_process_rows(smoke_run, tmp_path):
+    """``--workers 2``: every cell once, the same metrics as one process (cells depend on
+    the cell alone, not on which process ran them or in what order)."""
+    _, serial = smoke_run
+    pooled = study.run(smoke, tmp_path, fast=True, progress=False, map=study.process_map(2))
+    assert len(lines_of(tmp_path / study.ROWS)) == len(serial)
+    for a, b in zip(serial, pooled):
+        assert a["key"] == b["key"]
+        for name in smoke.METRICS:
+            assert b["metrics"][name] == pytest.approx(a["metrics"][name], rel=1e-9), name
+
+
 # ---- atomic writes ----------------------------------------------------------------------
 
 

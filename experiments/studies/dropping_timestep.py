@@ -49,20 +49,15 @@ PREVIEW = 16  # samples a row carries, for the grids
 def cells(fast: bool = False) -> list[dict]:
     models = [{"model": m, "sigma_from": s} for m, sources in SOURCES.items() for s in sources]
     if fast:
-        return study.grid(models, rule=["euler"], budget=[10], seed=0, samples=64)
-    return study.grid(models, rule=RULES, budget=[10, 20], seed=0, samples=1024)
+        return study.pin_weights(study.grid(models, rule=["euler"], budget=[10], seed=0,
+                                            samples=64))
+    return study.pin_weights(study.grid(models, rule=RULES, budget=[10, 20], seed=0,
+                                        samples=1024))
 
 
 @functools.cache
 def model(name: str):
     return lab.load(name)
-
-
-def estimator(source: str):
-    """``lab.sample``'s ``sigma_estimate`` for a source name."""
-    if source == "schedule":
-        return None
-    return model(REGRESSOR) if source == REGRESSOR else source  # "rms" / "noise": by name
 
 
 def sigma_error(traj, sigmas: torch.Tensor) -> float | None:
@@ -78,7 +73,7 @@ def run_cell(cell: dict) -> dict:
     with study.threads(1):
         traj, status = study.try_sample_at_budget(m, x, cell["rule"], cell["budget"], schedule,
                                                   seed=cell["seed"],
-                                                  sigma_estimate=estimator(cell["sigma_from"]))
+                                                  sigma_estimate=cell["sigma_from"])
         label = f"{cell['model']}, {cell['sigma_from']}, {cell['rule']}"
         if traj is None:
             return {"label": label, "status": status}

@@ -32,11 +32,12 @@ PREVIEW = 16
 
 def cells(fast: bool = False) -> list[dict]:
     if fast:
-        return [{"model": "fashion-edm", "sigma_from": "schedule", "rule": "heun", "steps": 4,
-                 "seed": 0, "samples": 64}]
+        return study.pin_weights([{"model": "fashion-edm", "sigma_from": "schedule",
+                                   "rule": "heun", "steps": 4, "seed": 0, "samples": 64}])
     present = set(lab.zoo.available())
-    return [{"model": m, "sigma_from": s or "schedule", "rule": "heun", "steps": 20, "seed": 0,
-             "samples": max(SIZES)} for m, s in RUNS if m in present]
+    return study.pin_weights([{"model": m, "sigma_from": s or "schedule", "rule": "heun",
+                               "steps": 20, "seed": 0, "samples": max(SIZES)}
+                              for m, s in RUNS if m in present])
 
 
 @functools.cache
@@ -47,11 +48,9 @@ def model(name: str):
 def run_cell(cell: dict) -> dict:
     m = model(cell["model"])
     source = cell["sigma_from"]
-    estimate = None if source == "schedule" else model(source) if source in lab.zoo.available() \
-        else source
     sig = lab.schedules.karras(cell["steps"], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
     x = lab.noise((cell["samples"], *m.sample_shape), seed=cell["seed"]) * sig[0]
-    traj = lab.sample(m, x, sig, cell["rule"], record="final", sigma_estimate=estimate)
+    traj = lab.sample(m, x, sig, cell["rule"], record="final", sigma_estimate=source)
     out = {"label": f"{cell['model']}, {source}", "nfe": traj.nfe, "status": "ok",
            "preview": viz.images_to_text(traj.x[:PREVIEW])}
     for n in sorted({min(s, cell["samples"]) for s in SIZES}):

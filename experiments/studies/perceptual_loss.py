@@ -33,9 +33,10 @@ PREVIEW = 16
 
 def cells(fast: bool = False) -> list[dict]:
     if fast:
-        return study.grid(model=MODELS, rule=["euler"], budget=[10], seed=0, samples=64)
-    return study.grid(model=MODELS, rule=["euler", "heun", "dpmpp_2m"], budget=[10, 20],
-                      seed=0, samples=1024)
+        return study.pin_weights(study.grid(model=MODELS, rule=["euler"], budget=[10], seed=0,
+                                            samples=64))
+    return study.pin_weights(study.grid(model=MODELS, rule=["euler", "heun", "dpmpp_2m"],
+                                        budget=[10, 20], seed=0, samples=1024))
 
 
 @functools.cache

@@ -70,8 +70,8 @@ def cells(fast: bool = False) -> list[dict]:
     size = FAST if fast else FULL
     main = study.grid(size["samplers"], model=MODEL, budget=size["budgets"], seed=0,
                       samples=size["samples"])
-    return main + [{**c, "seed": s} for c in main for s in SPREAD_SEEDS
-                   if (c.get("rule"), c["budget"]) in size["spread"]]
+    return study.pin_weights(main + [{**c, "seed": s} for c in main for s in SPREAD_SEEDS
+                                     if (c.get("rule"), c["budget"]) in size["spread"]])
 
 
 @functools.cache
