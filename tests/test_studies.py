@@ -10,6 +10,7 @@ from experiments.studies import (
     exact_error_vs_nfe,
     model_zoo,
     noise_reinjection,
+    perceptual_loss,
     rules_vs_nfe,
 )
 
@@ -250,3 +251,38 @@ def test_dropping_timestep_estimates_track_the_schedule(dropping_run):
     _, rows = dropping_run
     error = metric_of(rows, "sigma_error", model="fashion-edm", sigma_from="fashion-sigma")
     assert error < 0.05
+
+
+# ---- perceptual_loss ---------------------------------------------------------------------
+# Time budget: its --fast run 150 s at worst (measured 147 s at nice 19 beside a training
+# run and a study; 2 x 64 samples, 10 FIDs of x0_hat per trajectory).
+
+@pytest.fixture(scope="module")
+def perceptual_run(tmp_path_factory):
+    # Until fashion-edm-perceptual ships, fashion-edm-blind stands in for it: what these
+    # tests check is the study (its cells, metrics, plots and summary), not the model.
+    with pytest.MonkeyPatch.context() as patch:
+        if "fashion-edm-perceptual" not in lab.zoo.available():
+            patch.setattr(perceptual_loss, "MODELS", ["fashion-edm", "fashion-edm-blind"])
+        yield run_fast(perceptual_loss, tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_perceptual_loss_fast_summary_names_every_cell(perceptual_run):
+    out, rows = perceptual_run
+    check_summary_names_every_cell(perceptual_loss, out, rows, ["fid.png", "samples.png"])
+    assert {r["cell"]["model"] for r in rows} == set(perceptual_loss.MODELS)
+
+
+@pytest.mark.slow
+def test_perceptual_loss_x0_hat_path_ends_at_the_samples(perceptual_run):
+    """x0_hat's FID is recorded at every step; euler's last step (to sigma 0) lands on
+    x0_hat, so the path's last FID is the samples' FID, and the first (at sigma 80,
+    x0_hat about the data mean) is far worse."""
+    _, rows = perceptual_run
+    for row in rows:
+        m = row["metrics"]
+        assert len(m["x0_fid"]) == len(m["x0_sigma"]) == m["steps"]
+        assert m["x0_sigma"][0] == pytest.approx(perceptual_loss.SIGMA_MAX)
+        assert m["x0_fid"][-1] == pytest.approx(m["fid"], rel=1e-4)
+        assert m["x0_fid"][0] > 3 * m["fid"], m["x0_fid"]
