@@ -33,7 +33,9 @@ def _rms(x: Tensor) -> Tensor:
 
 
 class RMSHeuristic:
-    """``sqrt(max(rms(x)^2 - sd^2, sigma_min^2))``: no model call at all."""
+    """``sqrt(max(rms(x)^2 - sd^2, sigma_min^2))``: no model call at all. ``sd`` is the
+    data's root mean square (not its standard deviation: ``E rms(x)^2 = E rms(x0)^2 +
+    sigma^2``)."""
 
     def __init__(self, sd: float, sigma_min: float = 0.002):
         self.sd, self.sigma_min = float(sd), float(sigma_min)
@@ -91,10 +93,10 @@ def resolve(spec, model) -> Callable[[Tensor], Tensor] | None:
                              "estimate_sigma. Use 'rms' or a trained regressor instead")
         return model.estimate_sigma
     if spec == "rms":
-        sd = getattr(model, "sigma_data", None)
+        sd = getattr(model, "data_rms", None)
         if sd is None:
             raise ValueError("sigma_estimate='rms' needs the data's scale: the model has no "
-                             "sigma_data; pass lab.noise_level.RMSHeuristic(sd=...) instead")
+                             "data_rms; pass lab.noise_level.RMSHeuristic(sd=...) instead")
         return RMSHeuristic(sd, max(getattr(model, "sigma_min", 0.0), 1e-3))
     if isinstance(spec, str) and spec in zoo.available():
         return _shipped_regressor(spec)

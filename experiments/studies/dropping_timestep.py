@@ -12,7 +12,7 @@ Models (the model zoo):
   nowhere, the rule's step alone uses it (fast.ai's lesson-9 model).
 
 Sigma sources (``lab.sample(..., sigma_estimate=...)``): ``schedule``; ``fashion-sigma``,
-the trained x -> log sigma regressor; ``rms``, ``sqrt(rms(x)^2 - sigma_data^2)``, for the
+the trained x -> log sigma regressor; ``rms``, ``sqrt(rms(x)^2 - data_rms^2)``, for the
 EDM-blind model; ``noise``, ``rms(noise_hat)``, for the noise-predicting model. The
 seeing model also runs on the regressor's estimate: what a wrong sigma costs a model that
 trusts it. Rules euler (= DDIM), heun and dpmpp_2m at budgets of 10 and 20 model calls

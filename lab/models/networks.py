@@ -102,23 +102,31 @@ def rms(x: Tensor) -> Tensor:
 
 @register("edm")
 class EDM(Denoiser):
-    """EDM-preconditioned network; ``sigma_input=False`` hides sigma from the network."""
+    """EDM-preconditioned network; ``sigma_input=False`` hides sigma from the network.
+
+    ``sigma_data`` is the data's standard deviation (the preconditioning's); ``data_rms``,
+    its root mean square ``sqrt(E x0^2)``, is what the ``"rms"`` noise-level estimate
+    subtracts (``E rms(x)^2 = data_rms^2 + sigma^2``). It differs from ``sigma_data`` when
+    the data's mean is not 0 (Fashion-MNIST: 0.83 against 0.71); None means the same.
+    """
 
     def __init__(self, network: str = "unet", network_config: dict | None = None,
                  sigma_data: float = 0.5, sigma_input: bool = True,
-                 sample_shape=(1, 28, 28), sigma_min: float = 0.002, sigma_max: float = 80.0):
+                 sample_shape=(1, 28, 28), sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 data_rms: float | None = None):
         super().__init__()
         self.net = _network(network, network_config or {})
         self.network, self.sigma_data, self.sigma_input = network, float(sigma_data), sigma_input
+        self.data_rms = float(data_rms) if data_rms is not None else self.sigma_data
         self.sample_shape = tuple(sample_shape)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
     @property
     def config(self) -> dict:
         return {"network": self.network, "network_config": self.net.config,
-                "sigma_data": self.sigma_data, "sigma_input": self.sigma_input,
-                "sample_shape": list(self.sample_shape), "sigma_min": self.sigma_min,
-                "sigma_max": self.sigma_max}
+                "sigma_data": self.sigma_data, "data_rms": self.data_rms,
+                "sigma_input": self.sigma_input, "sample_shape": list(self.sample_shape),
+                "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
     @classmethod
     def from_config(cls, config: dict) -> EDM:
