@@ -21,8 +21,7 @@ def heun_samples(name, n=512, steps=20, seed=0, sigma_estimate=None):
     model = lab.load(name)
     sig = lab.schedules.karras(steps, sigma_min=0.002, sigma_max=80.0)
     x = lab.noise((n, *model.sample_shape), seed=seed) * sig[0]
-    estimate = lab.load(sigma_estimate) if sigma_estimate else None
-    return lab.sample(model, x, sig, "heun", record="final", sigma_estimate=estimate).x
+    return lab.sample(model, x, sig, "heun", record="final", sigma_estimate=sigma_estimate).x
 
 
 @pytest.mark.parametrize("name, sigma_estimate", sorted(GUARDS, key=str))
