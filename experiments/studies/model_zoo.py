@@ -24,7 +24,7 @@ from lab import io, study, viz
 NAME = "model_zoo"
 NOTEBOOK, PLOT = "00_tour.ipynb", "samples.png"
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
-RUNS = [("fashion-edm", None), ("fashion-edm-4500", None), ("fashion-edm-6k", None),
+RUNS = [("fashion-edm", None), ("fashion-edm-6k", None),
         ("fashion-edm-blind", None), ("fashion-edm-blind", "fashion-sigma"),
         ("fashion-noise-blind", None), ("fashion-noise-blind", "noise")]
 SIZES = (512, 2048)
