@@ -68,6 +68,10 @@ class UNet(nn.Module):
     """A diffusers ``UNet2DModel`` taking ``c_noise``; ``t = 250 (c_noise + 2)`` in [0, 1000]."""
 
     TIME_MAP = "t = clamp(250 * (c_noise + 2), 0, 1000), c_noise = ln(sigma) / 4"
+    # Large batches run in slices of this many samples: on a CPU a slice's activations stay
+    # in cache, and 1,024 samples at once ran about 2x slower per sample than slices of 64.
+    # GroupNorm is per sample, so slicing does not change the maths.
+    max_batch = 64
 
     def __init__(self, **unet_config):
         super().__init__()
@@ -77,8 +81,11 @@ class UNet(nn.Module):
         self.unet = UNet2DModel(**self.config)
 
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        t = (250 * (c_noise + 2)).clamp(0, 1000)
-        return self.unet(x, t.to(x.dtype)).sample
+        t = (250 * (c_noise + 2)).clamp(0, 1000).to(x.dtype)
+        if x.shape[0] <= self.max_batch:
+            return self.unet(x, t).sample
+        return torch.cat([self.unet(xs, ts).sample for xs, ts in
+                          zip(x.split(self.max_batch), t.split(self.max_batch))])
 
 
 NETWORKS = {"mlp": MLP, "unet": UNet}
