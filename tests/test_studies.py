@@ -259,12 +259,7 @@ def test_dropping_timestep_estimates_track_the_schedule(dropping_run):
 
 @pytest.fixture(scope="module")
 def perceptual_run(tmp_path_factory):
-    # Until fashion-edm-perceptual ships, fashion-edm-blind stands in for it: what these
-    # tests check is the study (its cells, metrics, plots and summary), not the model.
-    with pytest.MonkeyPatch.context() as patch:
-        if "fashion-edm-perceptual" not in lab.zoo.available():
-            patch.setattr(perceptual_loss, "MODELS", ["fashion-edm", "fashion-edm-blind"])
-        yield run_fast(perceptual_loss, tmp_path_factory)
+    return run_fast(perceptual_loss, tmp_path_factory)
 
 
 @pytest.mark.slow
