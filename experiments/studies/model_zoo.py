@@ -26,7 +26,8 @@ NOTEBOOK, PLOT = "00_tour.ipynb", "samples.png"
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 RUNS = [("fashion-edm", None), ("fashion-edm-6k", None),
         ("fashion-edm-blind", None), ("fashion-edm-blind", "fashion-sigma"),
-        ("fashion-noise-blind", None), ("fashion-noise-blind", "noise")]
+        ("fashion-noise-blind", None), ("fashion-noise-blind", "noise"),
+        ("fashion-edm-perceptual", None)]
 SIZES = (512, 2048)
 PREVIEW = 16
 
