@@ -76,3 +76,16 @@ def test_moons_models_beat_a_gaussian_fit(name, bound):
     sw_model = lab.metrics.sliced_wasserstein(samples, moons)
     sw_gauss = lab.metrics.sliced_wasserstein(gaussian, moons)
     assert sw_model < sw_gauss and sw_model < bound, (sw_model, sw_gauss)
+
+
+def test_unet_batch_slicing_is_exact(monkeypatch):
+    """Large batches run in slices (for CPU cache); a slice must not change any output."""
+    from lab.models.networks import UNet
+
+    model = lab.load("fashion-edm")
+    x = lab.noise((10, 1, 28, 28), seed=0) * 3.0
+    with torch.inference_mode():
+        whole = model(x, 3.0)
+        monkeypatch.setattr(UNet, "max_batch", 4)
+        sliced = model(x, 3.0)
+    assert torch.equal(whole, sliced)
