@@ -1,4 +1,4 @@
-"""``python -m experiments <study> [--fast] [--out DIR] [--limit N] [--workers N] [--list]``.
+"""``python -m experiments <study> [--fast] [--limit N] [--workers N] [--compile] ...``.
 
 Runs a study of ``experiments/studies/`` (or any importable module, by dotted name)
 through :func:`lab.study.run`: the cells not yet in ``<out>/rows.jsonl`` one by one, a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -61,7 +62,12 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1,
                    help="run cells in this many processes, one torch thread each")
+    p.add_argument("--compile", action="store_true",
+                   help="run UNets through torch.compile (LAB_COMPILE=1): about 1.4x faster "
+                        "per model call on a CPU; outputs agree with eager to float rounding")
     args = p.parse_args(argv)
+    if args.compile:
+        os.environ["LAB_COMPILE"] = "1"  # read at call time, and inherited by --workers
 
     from lab import study as runner
 

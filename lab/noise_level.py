@@ -105,12 +105,12 @@ def resolve(spec, model) -> Callable[[Tensor], Tensor] | None:
 
 
 @functools.cache
-def _shipped_regressor(name: str) -> "SigmaRegressor":
+def _shipped_regressor(name: str) -> SigmaRegressor:
     regressor = zoo.load(name)
     if not isinstance(regressor, SigmaRegressor):
+        shipped = [n for n in zoo.available() if zoo.info(n)["kind"] == "sigma-regressor"]
         raise ValueError(f"sigma_estimate={name!r} names a {type(regressor).__name__}, not a "
-                         "sigma regressor; shipped regressors: " + ", ".join(
-                             n for n in zoo.available() if zoo.info(n)["kind"] == "sigma-regressor"))
+                         "sigma regressor; shipped regressors: " + ", ".join(shipped))
     return regressor
 
 

@@ -61,7 +61,8 @@ def test_unknown_or_unsuitable_estimators_are_refused(mixture):
         lab.sample(mixture, x, sig, "euler", sigma_estimate="rms")
     with pytest.raises(ValueError, match="sigma_estimate must be"):
         lab.sample(mixture, x, sig, "euler", sigma_estimate="guess")
-    with pytest.raises(ValueError, match="not a sigma regressor; shipped regressors: fashion-sigma"):
+    with pytest.raises(ValueError,
+                       match="not a sigma regressor; shipped regressors: fashion-sigma"):
         lab.sample(mixture, x, sig, "euler", sigma_estimate="moons-mlp")
 
 

@@ -22,6 +22,7 @@ Two ways to wrap them as denoisers, rebuilt from their ``config`` by ``lab.load`
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor, nn
@@ -79,12 +80,23 @@ class UNet(nn.Module):
 
         self.config = {**FASHION_UNET, **unet_config}
         self.unet = UNet2DModel(**self.config)
+        self._compiled = None
+
+    def _slice(self, x: Tensor, t: Tensor) -> Tensor:
+        # LAB_COMPILE=1 runs the UNet through torch.compile: about 1.5x faster per call on
+        # one CPU thread, after a compile of a minute or so. Results agree with eager
+        # to float rounding, not bitwise, so it is opt-in (the studies' --compile).
+        if os.environ.get("LAB_COMPILE") == "1" and not torch.is_grad_enabled():
+            if self._compiled is None:
+                self._compiled = torch.compile(self.unet.forward, dynamic=False)
+            return self._compiled(x, t).sample
+        return self.unet(x, t).sample
 
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
         t = (250 * (c_noise + 2)).clamp(0, 1000).to(x.dtype)
         if x.shape[0] <= self.max_batch:
-            return self.unet(x, t).sample
-        return torch.cat([self.unet(xs, ts).sample for xs, ts in
+            return self._slice(x, t)
+        return torch.cat([self._slice(xs, ts) for xs, ts in
                           zip(x.split(self.max_batch), t.split(self.max_batch))])
 
 
