@@ -417,15 +417,16 @@ def process_map(workers: int) -> Callable:
     return pool_map
 
 
-def try_sample_at_budget(model, x, rule, budget: int, schedule, *, seed: int, **kwargs):
-    """:func:`lab.sample_at_budget` for a study cell, final state only: ``(traj, "ok")``,
-    or ``(None, status)`` when one step costs more than ``budget`` or a sample turned
-    NaN or Inf; outcomes a row records, not errors that should stop a study. ``kwargs``
-    go to :func:`lab.sample` (e.g. ``sigma_estimate``)."""
+def try_sample_at_budget(model, x, rule, budget: int, schedule, *, seed: int,
+                         record: str = "final", **kwargs):
+    """:func:`lab.sample_at_budget` for a study cell (by default the final state only):
+    ``(traj, "ok")``, or ``(None, status)`` when one step costs more than ``budget`` or a
+    sample turned NaN or Inf; outcomes a row records, not errors that should stop a study.
+    ``kwargs`` go to :func:`lab.sample` (e.g. ``sigma_estimate``)."""
     from .sample import NonFiniteError, sample_at_budget
 
     try:
-        traj = sample_at_budget(model, x, rule, budget, schedule, seed=seed, record="final",
+        traj = sample_at_budget(model, x, rule, budget, schedule, seed=seed, record=record,
                                 **kwargs)
     except NonFiniteError as err:
         return None, f"non-finite: {err}"

@@ -1,6 +1,8 @@
 """The studies of ``experiments/studies``: each one's ``--fast`` run through
 ``lab.study.run`` (its summary generated, naming every cell) and checks of its own parts."""
 
+import sys
+
 import pytest
 import torch
 
@@ -281,3 +283,32 @@ def test_perceptual_loss_x0_hat_path_ends_at_the_samples(perceptual_run):
         assert m["x0_sigma"][0] == pytest.approx(perceptual_loss.SIGMA_MAX)
         assert m["x0_fid"][-1] == pytest.approx(m["fid"], rel=1e-4)
         assert m["x0_fid"][0] > 3 * m["fid"], m["x0_fid"]
+
+
+# ---- every study -------------------------------------------------------------------------
+
+@pytest.mark.slow
+@quiet_diffusers
+@pytest.mark.parametrize("module, run", [(rules_vs_nfe, "rules_vs_nfe_run"),
+                                         (exact_error_vs_nfe, "exact_run"),
+                                         (noise_reinjection, "noise_run"),
+                                         (dropping_timestep, "dropping_run"),
+                                         (perceptual_loss, "perceptual_run")],
+                         ids=lambda v: getattr(v, "NAME", None))
+def test_a_failed_cell_renders_as_its_status(module, run, request, tmp_path, monkeypatch):
+    """A cell whose samples turn NaN mid-trajectory is a row, not a crash: the cell
+    records the failure as its status, the study still renders, and the summary names it
+    (a render once raised KeyError on such a row of dropping_timestep)."""
+    _, rows = request.getfixturevalue(run)
+    message = "rule euler produced NaN/Inf at step 3 (sigma 2.1 -> 1.3); a test"
+
+    def non_finite(*args, **kwargs):
+        raise lab.NonFiniteError(message)
+
+    monkeypatch.setattr(sys.modules["lab.sample"], "sample_at_budget", non_finite)
+    monkeypatch.setattr(lab, "sample_at_budget", non_finite)
+    i = next(i for i, r in enumerate(rows) if "peer" not in r["cell"])  # a lab rule's cell
+    metrics = module.run_cell(rows[i]["cell"])
+    assert metrics["status"] == f"non-finite: {message}"
+    module.render([*rows[:i], {**rows[i], "metrics": metrics}, *rows[i + 1:]], tmp_path)
+    assert metrics["status"] in (tmp_path / "summary.md").read_text()

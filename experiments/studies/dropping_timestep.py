@@ -93,7 +93,7 @@ def flat_of(rows: list[dict]) -> list[dict]:
 def headline(rows: list[dict]) -> list[str]:
     """For results/README.md and the summary: FID, (model, sigma source) x (rule, budget)."""
     wide = study.pivot(flat_of(rows), "run", "rule_budget",
-                       lambda r: "n/a" if r["fid"] is None else f"{r['fid']:.2f}")
+                       lambda r: "n/a" if r.get("fid") is None else f"{r['fid']:.2f}")
     return [f"FID at {rows[0]['cell']['samples']} samples:", "",
             study.markdown_table(wide, headers={"run": "model, sigma from"},
                                  right=list(wide[0])[1:])]
@@ -107,9 +107,9 @@ def render(rows: list[dict], out_dir) -> None:
     rules = list(dict.fromkeys(r["rule"] for r in flat))
     fig, axes = viz.new_figure(1, len(rules), panel_size=(4.6, 3.8), squeeze=False)
     for ax, rule in zip(axes[0], rules):
-        viz.plot_metric_vs_nfe(ax, [r for r in flat if r["rule"] == rule and r["fid"] is not None],
-                               "fid", group="run", groups=runs, styles=styles,
-                               legend=rule == rules[0], xticks=budgets, ylabel="FID")
+        viz.plot_metric_vs_nfe(ax, [r for r in flat if r["rule"] == rule], "fid", group="run",
+                               groups=runs, styles=styles, legend=rule == rules[0],
+                               xticks=budgets, ylabel="FID")
         ax.set_title(rule, fontsize=10)
     viz.save_figure(fig, out_dir / "fid_by_sigma_source.png", dpi=110)
     shown = max(flat, key=lambda r: (r["rule"] == "heun", r["budget"]))  # heun, most calls
@@ -125,7 +125,8 @@ def render(rows: list[dict], out_dir) -> None:
         f"{', '.join(map(str, sorted({r['samples'] for r in flat})))} samples a cell from the "
         f"same noise (seed 0), clamped to [-1, 1]; FID / KID against the 10,000 test images. "
         "`sigma_error`: median |sigma_hat / sigma - 1| over steps and samples, against the "
-        "schedule's sigma. Dashed lines: sigma estimated from the image.", "",
+        "schedule's sigma. Dashed lines: sigma estimated from the image. n/a: failed (status "
+        "in the last table).", "",
         "![FID by sigma source](fid_by_sigma_source.png)", "",
         f"Samples ({shown['rule']}, B = {shown['budget']}, the first {PREVIEW} of each run):", "",
         "![samples](samples.png)", "",

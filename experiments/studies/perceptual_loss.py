@@ -48,12 +48,12 @@ def run_cell(cell: dict) -> dict:
     m = model(cell["model"])
     x = lab.noise((cell["samples"], *m.sample_shape), seed=cell["seed"]) * SIGMA_MAX
     with study.threads(1):
-        traj = lab.sample_at_budget(m, x, cell["rule"], cell["budget"], schedule,
-                                    seed=cell["seed"])
+        traj, status = study.try_sample_at_budget(m, x, cell["rule"], cell["budget"],
+                                                  schedule, seed=cell["seed"], record="all")
         label = f"{cell['model']}, {cell['rule']}"
         if traj is None:
-            return {"label": label, "status": "does not fit the budget"}
-        return {"label": label, "steps": traj.steps, "nfe": traj.nfe, "status": "ok",
+            return {"label": label, "status": status}
+        return {"label": label, "steps": traj.steps, "nfe": traj.nfe, "status": status,
                 **lab.metrics.image_scores(traj.x),
                 "x0_sigma": [float(s) for s in traj.sigmas[:-1]],
                 "x0_fid": [lab.metrics.image_scores(x0)["fid"] for x0 in traj.x0s],
@@ -88,8 +88,10 @@ def render(rows: list[dict], out_dir) -> None:
                         key=lambda r: r["nfe"])
             axes[0].plot([r["nfe"] for r in at], [r["fid"] for r in at], label=f"{name}, {rule}",
                          **{**styles[name], "linestyle": ["-", "--", ":"][rules.index(rule) % 3]})
-        last = max((r for r in flat if r["model"] == name), key=lambda r: (r["rule"] == "heun",
-                                                                          r["nfe"]))
+        last = max((r for r in flat if r["model"] == name), default=None,
+                   key=lambda r: (r["rule"] == "heun", r["nfe"]))
+        if last is None:  # every cell of this model failed: the table says how
+            continue
         axes[1].loglog(last["x0_sigma"], last["x0_fid"], label=f"{name} ({last['rule']}, "
                        f"{last['nfe']} NFE)", **styles[name])
     axes[0].set(xscale="log", yscale="log", xlabel="NFE", ylabel="FID (fashion-classifier)",
