@@ -19,7 +19,8 @@ A *study* is an object (usually a module in ``experiments/studies/``) with
     rows = lab.study.run(my_study, "results/my_study", fast=False)
 
 A row is ``{"key", "study", "cell", "metrics", "nfe", "seconds", "lab_version",
-"git_commit", "git_dirty", "finished"}``; :func:`flat` merges cell and metrics for tables.
+"git_commit", "git_dirty", "torch_version", "compiled", "finished"}``; :func:`flat` merges
+cell and metrics for tables.
 
 **Atomic design: whole-file rewrite.** After each cell, the complete ``rows.jsonl`` (old
 rows plus the new one) is written to a temporary file beside it, fsynced and renamed
@@ -51,6 +52,7 @@ import io
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -215,11 +217,17 @@ def git_commit(path=None) -> str:
 
 
 def provenance() -> dict:
-    """What every row records about the code: lab version, git commit, dirty tree."""
+    """What every row records about the code it ran on: lab version, git commit, dirty
+    tree, torch version, and whether UNets ran through torch.compile (``LAB_COMPILE=1``,
+    the runner's ``--compile``: outputs agree with eager to float rounding, not bitwise)."""
+    import torch
+
     from . import __version__
 
     commit, dirty = _git(_source_dir())
-    return {"lab_version": __version__, "git_commit": commit, "git_dirty": dirty}
+    return {"lab_version": __version__, "git_commit": commit, "git_dirty": dirty,
+            "torch_version": torch.__version__,
+            "compiled": os.environ.get("LAB_COMPILE") == "1"}
 
 
 def _plain(value, where: str):
@@ -353,9 +361,13 @@ def generated_note(rows: Sequence[Mapping], study_name: str) -> str:
                       for r in rows})
     versions = sorted({str(r.get("lab_version")) for r in rows})
     seconds = sum(r.get("seconds") or 0 for r in rows)
-    return (f"Generated from `rows.jsonl` ({len(rows)} cells, {seconds:.1f} s of cell time) by "
-            f"`python -m experiments {study_name}`; lab {', '.join(versions)}, "
-            f"commit {', '.join(commits)}.")
+    compiled = sum(r.get("compiled") is True for r in rows)
+    unrecorded = sum("compiled" not in r for r in rows)
+    return (f"Generated from `rows.jsonl` ({len(rows)} cells, {seconds / 3600:.2f} h of cell "
+            f"time) by `python -m experiments {study_name}`; lab {', '.join(versions)}, "
+            f"commit {', '.join(commits)}."
+            + (f" {compiled} of {len(rows)} cells ran with `--compile`." if compiled else "")
+            + (f" {unrecorded} rows predate the record of `--compile`." if unrecorded else ""))
 
 
 @contextlib.contextmanager

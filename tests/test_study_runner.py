@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import lab
 from experiments import __main__ as cli
@@ -158,7 +159,17 @@ def test_rows_hold_cell_metrics_nfe_time_and_provenance(smoke_run):
         assert row["lab_version"] == lab.__version__
         assert row["git_commit"] == head
         assert row["git_dirty"] in (True, False, None)
+        assert row["torch_version"] == torch.__version__
+        assert row["compiled"] is (os.environ.get("LAB_COMPILE") == "1")
         assert row["finished"].endswith("+00:00")
+
+
+def test_rows_record_whether_unets_ran_compiled(monkeypatch):
+    """--compile changes float rounding (rel ~1e-6), so a row says whether it was on."""
+    monkeypatch.setenv("LAB_COMPILE", "1")
+    assert study.provenance()["compiled"] is True
+    monkeypatch.delenv("LAB_COMPILE")
+    assert study.provenance()["compiled"] is False
 
 
 def test_git_commit_is_unknown_outside_a_checkout(tmp_path):

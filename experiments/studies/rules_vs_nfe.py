@@ -180,17 +180,13 @@ def render(rows: list[dict], out_dir) -> None:
 
     seeds = sorted({r["seed"] for r in flat})
     samples = sorted({r["samples"] for r in flat})
-    commits = sorted({r["git_commit"][:10] for r in rows})
-    versions = sorted({r["lab_version"] for r in rows})
     spread = sorted({(r["label"], r["budget"]) for r in table if r["fid_n"] > 1})
     fmt = {"fid": "{:.2f}", "fid_std": "{:.2f}", "kid": "{:.4f}", "kid_std": "{:.4f}",
            "seconds": "{:.0f}"}
     lines = [
         f"# Rules against model calls on {MODEL}, beside diffusers' schedulers",
         "",
-        f"Generated from `rows.jsonl` ({len(rows)} cells, "
-        f"{sum(r['seconds'] for r in rows) / 3600:.2f} h of cell time) by `python -m "
-        f"experiments {NAME}`; lab {', '.join(versions)}, commit {', '.join(commits)}.",
+        study.generated_note(rows, NAME),
         "",
         f"Budgets {budgets} model calls; each lab rule at the most Karras steps (sigma "
         f"{SIGMA_MAX:g} -> {SIGMA_MIN:g}) that fit, each diffusers scheduler (through "
