@@ -16,7 +16,9 @@ Models and metrics:
   denoiser; ``sw``, the sliced Wasserstein distance to as many exact samples, over
   several seeds, beside ``sw_floor`` (an independent exact set: a perfect sampler's score).
 - ``fashion-edm``: the shipped Fashion-MNIST model; ``fid`` and ``kid`` against the test
-  set (:func:`lab.metrics.fid`, :func:`lab.metrics.kid`), 1,024 samples.
+  set (:func:`lab.metrics.fid`, :func:`lab.metrics.kid`), 1,024 samples, seed 0; at 50
+  calls heun, churn around heun, euler and ancestral eta 0.5 (and eta 0, which must
+  stay equal to euler) also on seeds 1 and 2: the error bar of noise against no noise.
 
 ``--fast``: the mixture with 256 samples at budgets 10 and 20, two seeds; Fashion with 64
 samples at budget 10, the rules around euler only (an FID of 64 samples is a smoke test,
@@ -44,6 +46,11 @@ EULER_RULES = ([{"rule": "euler", "params": {}}]  # the wrappers' inner rule is 
 HEUN_RULES = [{"rule": "heun", "params": {}}, {"rule": "churn", "params": {"rule": "heun"}},
               {"rule": "langevin", "params": {"rule": "heun"}}]
 RULES = EULER_RULES + HEUN_RULES
+# Fashion at 50 calls, where noise helps most: the best stochastic rule of each family and
+# its deterministic base on two more disjoint noise sets, so the gap has an error bar
+SPREAD_BUDGET, SPREAD_SEEDS = 50, [1, 2]
+SPREAD_RULES = [("heun", {}), ("churn", {"rule": "heun"}), ("euler", {}),
+                ("ancestral", {"eta": 0.5}), ("ancestral", {"eta": 0.0})]  # eta 0: = euler
 DATA_SEED, FLOOR_SEED = 1000, 2000  # offsets: exact sets disjoint from each other per seed
 
 
@@ -57,10 +64,13 @@ def _grid(fast: bool) -> list[dict]:
                            samples=256)
                 + study.grid([{"model": FASHION}], EULER_RULES,
                              budget=[10], seed=[0], samples=64))
+    fashion = study.grid([{"model": FASHION}], RULES, budget=[10, 20, 50], seed=[0],
+                         samples=1024)
+    spread = [{**c, "seed": s} for c in fashion for s in SPREAD_SEEDS
+              if c["budget"] == SPREAD_BUDGET and (c["rule"], c["params"]) in SPREAD_RULES]
     return (study.grid([{"model": "mixture"}], RULES, budget=[10, 20, 50], seed=[0, 1, 2, 3, 4],
                        samples=2000)
-            + study.grid([{"model": FASHION}], RULES, budget=[10, 20, 50], seed=[0],
-                         samples=1024))
+            + fashion + spread)
 
 
 @functools.cache
