@@ -52,7 +52,6 @@ import io
 import itertools
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -218,16 +217,16 @@ def git_commit(path=None) -> str:
 
 def provenance() -> dict:
     """What every row records about the code it ran on: lab version, git commit, dirty
-    tree, torch version, and whether UNets ran through torch.compile (``LAB_COMPILE=1``,
-    the runner's ``--compile``: outputs agree with eager to float rounding, not bitwise)."""
+    tree, torch version, and whether UNets ran through torch.compile
+    (:func:`lab.models.networks.compile_requested`: float rounding differs from eager)."""
     import torch
 
     from . import __version__
+    from .models.networks import compile_requested
 
     commit, dirty = _git(_source_dir())
     return {"lab_version": __version__, "git_commit": commit, "git_dirty": dirty,
-            "torch_version": torch.__version__,
-            "compiled": os.environ.get("LAB_COMPILE") == "1"}
+            "torch_version": torch.__version__, "compiled": compile_requested()}
 
 
 def _plain(value, where: str):

@@ -65,6 +65,17 @@ FASHION_UNET = {
 }
 
 
+COMPILE_ENV = "LAB_COMPILE"
+
+
+def compile_requested() -> bool:
+    """Whether UNets run through torch.compile (``LAB_COMPILE=1``, the studies'
+    ``--compile``): about 1.5x faster per call on one CPU thread, after a compile of a
+    minute or so. Results agree with eager to float rounding, not bitwise, so it is
+    opt-in. Read at call time, so worker processes inherit it."""
+    return os.environ.get(COMPILE_ENV) == "1"
+
+
 class UNet(nn.Module):
     """A diffusers ``UNet2DModel`` taking ``c_noise``; ``t = 250 (c_noise + 2)`` in [0, 1000]."""
 
@@ -83,10 +94,7 @@ class UNet(nn.Module):
         self._compiled = None
 
     def _slice(self, x: Tensor, t: Tensor) -> Tensor:
-        # LAB_COMPILE=1 runs the UNet through torch.compile: about 1.5x faster per call on
-        # one CPU thread, after a compile of a minute or so. Results agree with eager
-        # to float rounding, not bitwise, so it is opt-in (the studies' --compile).
-        if os.environ.get("LAB_COMPILE") == "1" and not torch.is_grad_enabled():
+        if compile_requested() and not torch.is_grad_enabled():
             if self._compiled is None:
                 self._compiled = torch.compile(self.unet.forward, dynamic=False)
             return self._compiled(x, t).sample
