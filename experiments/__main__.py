@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                         "per model call on a CPU; outputs agree with eager to float rounding")
     args = p.parse_args(argv)
     if args.compile:
-        from lab.models.networks import COMPILE_ENV
+        from lab.config import COMPILE_ENV
 
         os.environ[COMPILE_ENV] = "1"  # read at call time, and inherited by --workers
 

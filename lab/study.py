@@ -218,11 +218,11 @@ def git_commit(path=None) -> str:
 def provenance() -> dict:
     """What every row records about the code it ran on: lab version, git commit, dirty
     tree, torch version, and whether UNets ran through torch.compile
-    (:func:`lab.models.networks.compile_requested`: float rounding differs from eager)."""
+    (:func:`lab.config.compile_requested`: float rounding differs from eager)."""
     import torch
 
     from . import __version__
-    from .models.networks import compile_requested
+    from .config import compile_requested
 
     commit, dirty = _git(_source_dir())
     return {"lab_version": __version__, "git_commit": commit, "git_dirty": dirty,

@@ -118,7 +118,7 @@ def sigma_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
 
 def noise_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
     """MSE of the predicted noise, in the units the network works in (``rms(x)``)."""
-    from .models.networks import rms
+    from .tensors import rms
 
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
     x = x0 + s * noise

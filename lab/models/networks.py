@@ -22,12 +22,13 @@ Two ways to wrap them as denoisers, rebuilt from their ``config`` by ``lab.load`
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor, nn
 
+from ..config import compile_requested
 from ..denoiser import Denoiser, _expand
+from ..tensors import rms
 from ..zoo import register
 
 __all__ = ["MLP", "UNet", "EDM", "NoisePredictor", "NETWORKS", "rms"]
@@ -63,17 +64,6 @@ FASHION_UNET = {
     "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
     "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
 }
-
-
-COMPILE_ENV = "LAB_COMPILE"
-
-
-def compile_requested() -> bool:
-    """Whether UNets run through torch.compile (``LAB_COMPILE=1``, the studies'
-    ``--compile``): about 1.5x faster per call on one CPU thread, after a compile of a
-    minute or so. Results agree with eager to float rounding, not bitwise, so it is
-    opt-in. Read at call time, so worker processes inherit it."""
-    return os.environ.get(COMPILE_ENV) == "1"
 
 
 class UNet(nn.Module):
@@ -120,11 +110,6 @@ def _network(name: str, config: dict) -> nn.Module:
 def _version(x: Tensor) -> int | None:
     """In-place edits bump a tensor's version; inference tensors have none (nor edits)."""
     return None if x.is_inference() else x._version
-
-
-def rms(x: Tensor) -> Tensor:
-    """Per-sample root mean square, ``(B,)``."""
-    return x.flatten(1).pow(2).mean(1).sqrt()
 
 
 @register("edm")
