@@ -2,7 +2,7 @@
 
 Setup pinned by the issue: float64; eigenvalues {0.01, 0.1, 1, 4} in a random
 rotation; Karras rho 7 from 80 to 0.002 with no final 0; max-abs error at the last
-sigma; slope fitted over N = 16 ... 128 steps.
+sigma; slope fitted over N = 16 ... 128 steps (LMS: 64 ... 256, see below).
 """
 
 import numpy as np
@@ -38,9 +38,17 @@ def test_dpmpp_2m_is_second_order(gaussian):
     assert slope(errors(gaussian, "dpmpp_2m")) >= 1.7
 
 
+# Multistep methods reach their asymptotic slope later than single-step ones (the first
+# steps run at lower order while the history fills): over 16 ... 128 steps order 4 fits
+# 3.4, over 64 ... 256 it fits 3.8. Each order is pinned to a band around k, so an LMS
+# capped below its order fails.
+LMS_STEPS = (64, 128, 256)
+
+
 @pytest.mark.parametrize("order", [2, 3, 4])
 def test_lms_order(gaussian, order):
-    assert slope(errors(gaussian, lab.rules.get("lms", order=order))) >= 1.5
+    fitted = slope(errors(gaussian, lab.rules.get("lms", order=order), LMS_STEPS), LMS_STEPS)
+    assert abs(fitted - order) < 0.3, f"LMS order {order}: fitted slope {fitted:.2f}"
 
 
 def test_lms_error_falls_with_order(gaussian):

@@ -48,9 +48,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-
-from diffusers import (  # noqa: E402
+# diffusers is a required dependency: a broken install fails here, it does not skip.
+from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
@@ -59,8 +58,8 @@ from diffusers import (  # noqa: E402
     UNet2DModel,
 )
 
-import lab  # noqa: E402
-from lab.models import (  # noqa: E402
+import lab
+from lab.models import (
     carries_vp_sample,
     from_diffusers,
     scheduler_sigmas,

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-
-from diffusers import (  # noqa: E402
+# diffusers is a required dependency: a broken install fails here, it does not skip.
+from diffusers import (
     DDIMPipeline,
     DDIMScheduler,
     DDPMPipeline,
@@ -30,9 +29,9 @@ from diffusers import (  # noqa: E402
     LMSDiscreteScheduler,
 )
 
-import lab  # noqa: E402
-from lab.models import from_diffusers  # noqa: E402
-from lab.models.vp_export import (  # noqa: E402
+import lab
+from lab.models import from_diffusers
+from lab.models.vp_export import (
     VPEpsilonModel,
     carries_vp_sample,
     diffusers_alphas_cumprod,
