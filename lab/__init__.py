@@ -6,9 +6,10 @@
     traj = lab.sample(model, x, sig, "heun")
 """
 
-from . import data, metrics, models, rules, schedules, seeding
+# models, noise_level and perceptual define the model kinds lab.load rebuilds (lab.registry)
+from . import data, metrics, models, noise_level, perceptual, rules, schedules, seeding
 from .denoiser import CallCounter, Denoiser
-from .sample import NonFiniteError, Step, sample, sample_at_budget, steps
+from .sample import NonFiniteError, Step, sample, sample_at_budget, steps, try_sample_at_budget
 from .seeding import noise
 from .trajectory import Trajectory
 from .zoo import load
@@ -17,4 +18,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Denoiser", "CallCounter", "NonFiniteError", "Step", "Trajectory", "data", "load",
            "metrics", "models", "noise", "rules", "sample", "sample_at_budget", "schedules",
-           "seeding", "steps"]
+           "seeding", "steps", "try_sample_at_budget"]

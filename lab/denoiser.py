@@ -12,13 +12,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Denoiser", "CallCounter", "eps", "score", "as_sigma"]
+from .tensors import per_sample
+
+__all__ = ["Denoiser", "CallCounter", "eps", "score", "as_sigma", "sigma_dtype"]
 
 
 def as_sigma(sigma, x: Tensor) -> Tensor:
-    """Validate ``sigma`` and return it as a ``(B,)`` tensor of ``x``'s dtype and device.
+    """Validate ``sigma`` and return it as a ``(B,)`` tensor of :func:`sigma_dtype`.
 
-    Accepts a Python number, a 0-d tensor or a ``(B,)`` tensor.
+    Accepts a Python number, a 0-d tensor, a ``(B,)`` tensor, or per-sample values
+    shaped ``(B, 1, ..., 1)`` as the sampling loop hands them to rules.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -30,21 +33,23 @@ def as_sigma(sigma, x: Tensor) -> Tensor:
                          f"{tuple(x.shape)}; use x[None] for a single sample")
     batch = x.shape[0]
     if isinstance(sigma, Tensor):
-        if sigma.ndim > 1 or (sigma.ndim == 1 and sigma.shape[0] != batch):
-            raise ValueError(f"sigma must be a number, a 0-d tensor or a ({batch},) tensor "
-                             f"matching the batch of x, got shape {tuple(sigma.shape)}")
-        s = sigma.to(dtype=_sigma_dtype(x), device=x.device).expand(batch)
-    elif isinstance(sigma, (int, float)):
-        s = torch.full((batch,), float(sigma), dtype=_sigma_dtype(x), device=x.device)
+        if sigma.ndim and not (sigma.shape[0] == batch and sigma.numel() == batch):
+            raise ValueError(f"sigma must be a number, a 0-d tensor or per-sample values of "
+                             f"shape ({batch},) or ({batch}, 1, ...) matching the batch of x, "
+                             f"got shape {tuple(sigma.shape)}")
+        s = sigma.reshape(-1).to(dtype=sigma_dtype(x), device=x.device).expand(batch)
+    elif isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+        s = torch.full((batch,), float(sigma), dtype=sigma_dtype(x), device=x.device)
     else:
         raise TypeError(f"sigma must be a number or a tensor, got {type(sigma).__name__}")
-    if not bool(torch.isfinite(s).all() and (s > 0).all()):
+    lo, hi = torch.aminmax(s)
+    if not (float(lo) > 0 and float(hi) < math.inf):  # NaN fails the first test
         raise ValueError(f"sigma must be positive and finite, got {_short(s)}; a denoiser is "
                          "never called at sigma = 0 (the last step of a schedule returns x0_hat)")
     return s
 
 
-def _sigma_dtype(x: Tensor) -> torch.dtype:
+def sigma_dtype(x: Tensor) -> torch.dtype:
     """Sigma keeps at least float32 precision, even for half-precision samples."""
     return x.dtype if x.dtype == torch.float64 else torch.float32
 
@@ -56,7 +61,7 @@ def _short(t: Tensor) -> str:
 
 def _expand(s: Tensor, x: Tensor) -> Tensor:
     """A ``(B,)`` sigma shaped to broadcast against ``x``, in ``x``'s dtype."""
-    return s.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    return per_sample(s, x).to(x.dtype)
 
 
 class Denoiser(nn.Module):

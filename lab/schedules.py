@@ -27,8 +27,15 @@ def _check_range(n, sigma_min, sigma_max, append_zero):
         raise ValueError(f"sigma_min ({sigma_min}) must be below sigma_max ({sigma_max})")
 
 
-def _finish(values: Tensor, append_zero: bool) -> Tensor:
+def _finish(values: Tensor, append_zero: bool, ends: tuple[float, float] | None = None
+            ) -> Tensor:
+    """float64, the ends pinned exactly to ``(sigma_max, sigma_min)`` (pow and exp round
+    them by an ulp or so), then the final 0."""
     values = values.to(torch.float64)
+    if ends is not None:
+        values[0] = ends[0]
+        if values.numel() > 1:
+            values[-1] = ends[1]
     if append_zero:
         values = torch.cat([values, values.new_zeros(1)])
     return validate(values)
@@ -36,7 +43,8 @@ def _finish(values: Tensor, append_zero: bool) -> Tensor:
 
 def _ramp(n: int) -> Tensor:
     """Positions 0..1 of the n nonzero sigmas (a single value is sigma_max)."""
-    return torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1)
+    return torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else \
+        torch.zeros(1, dtype=torch.float64)
 
 
 def karras(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
@@ -47,7 +55,7 @@ def karras(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float
         raise ValueError(f"rho must be positive and finite, got {rho!r}")
     ramp = _ramp(n)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return _finish((hi + ramp * (lo - hi)) ** rho, append_zero)
+    return _finish((hi + ramp * (lo - hi)) ** rho, append_zero, (sigma_max, sigma_min))
 
 
 def exponential(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -56,7 +64,7 @@ def exponential(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     _check_range(n, sigma_min, sigma_max, append_zero)
     ramp = _ramp(n)
     return _finish(torch.exp(math.log(sigma_max) + ramp * math.log(sigma_min / sigma_max)),
-                   append_zero)
+                   append_zero, (sigma_max, sigma_min))
 
 
 def linear(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -64,7 +72,8 @@ def linear(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     """Uniform in sigma."""
     _check_range(n, sigma_min, sigma_max, append_zero)
     ramp = _ramp(n)
-    return _finish(sigma_max + ramp * (sigma_min - sigma_max), append_zero)
+    return _finish(sigma_max + ramp * (sigma_min - sigma_max), append_zero,
+                   (sigma_max, sigma_min))
 
 
 def vp_sigmas(alphas_cumprod) -> Tensor:
@@ -114,7 +123,12 @@ def from_alphas_cumprod(alphas_cumprod, n: int, spacing: str = "linspace",
 def validate(sigmas) -> Tensor:
     """Check a schedule: 1-d, finite, strictly descending, >= 0, only the last may be 0."""
     if not isinstance(sigmas, Tensor):
-        sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        try:
+            sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"sigmas must be a 1-d tensor or a sequence of numbers, descending "
+                            f"and ending in 0 (e.g. lab.schedules.karras(20)), got "
+                            f"{type(sigmas).__name__}") from None
     if not sigmas.is_floating_point():
         raise TypeError(f"sigmas must be floating point, got dtype {sigmas.dtype}")
     if sigmas.ndim != 1 or sigmas.numel() < 2:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["noise", "NoiseSource", "derive_seed"]
+__all__ = ["noise", "NoiseSource", "derive_seed", "random_seed"]
 
 
 def derive_seed(*key: int) -> int:
@@ -23,15 +23,28 @@ def derive_seed(*key: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
 
 
+def random_seed() -> int:
+    """A fresh seed from torch's global generator, for runs not given one (then recorded,
+    so the run can be repeated)."""
+    return int(torch.randint(0, 2**31 - 1, (1,)))
+
+
 def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*key))
 
 
 def noise(shape, seed: int = 0, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
     """Standard normal ``(B, ...)`` noise; sample k depends on ``(seed, k)`` alone."""
-    shape = tuple(shape)
+    try:
+        shape = tuple(int(n) for n in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of sizes, e.g. (16, 1, 28, 28), got "
+                        f"{shape!r}") from None
     if len(shape) < 1:
         raise ValueError("shape needs a batch dimension, e.g. (16, 1, 28, 28)")
+    if min(shape) < 1:
+        raise ValueError(f"every size in shape must be at least 1, got {shape}; the first is "
+                         "the batch (number of samples)")
     out = torch.stack([torch.randn(shape[1:], generator=_generator(seed, k), dtype=dtype)
                        for k in range(shape[0])])
     return out.to(device) if device is not None else out

@@ -15,14 +15,14 @@ from .io import atomic_path
 __all__ = ["Trajectory"]
 
 FORMAT = "lab.Trajectory"
-VERSION = 1
+VERSION = 2  # 2: "cumulative_nfe" (version 1 called it "nfe_per_step")
 
 
 @dataclass
 class Trajectory:
     """States ``xs`` (``steps + 1`` of them, the start included), denoiser outputs
-    ``x0s`` (one per step), the schedule ``sigmas``, cumulative model calls
-    ``nfe_per_step`` and wall time ``seconds`` per step.
+    ``x0s`` (one per step), the schedule ``sigmas``, ``cumulative_nfe`` (model calls
+    made by the end of each step) and wall time ``seconds`` per step.
 
     With ``record="final"`` only the last state and x0_hat are kept (``xs`` and ``x0s``
     have length 1); the schedule, NFE and timings are always complete.
@@ -33,7 +33,7 @@ class Trajectory:
     xs: Tensor
     x0s: Tensor
     sigmas: Tensor
-    nfe_per_step: list[int]
+    cumulative_nfe: list[int]
     seconds: list[float]
     rule: str = ""
     meta: dict = field(default_factory=dict)
@@ -47,7 +47,7 @@ class Trajectory:
     @property
     def nfe(self) -> int:
         """Model calls in the whole run."""
-        return self.nfe_per_step[-1] if self.nfe_per_step else 0
+        return self.cumulative_nfe[-1] if self.cumulative_nfe else 0
 
     @property
     def steps(self) -> int:
@@ -57,7 +57,7 @@ class Trajectory:
         """Write to a safetensors file, atomically."""
         tensors = {"xs": self.xs.contiguous(), "x0s": self.x0s.contiguous(),
                    "sigmas": self.sigmas.contiguous(),
-                   "nfe_per_step": torch.tensor(self.nfe_per_step, dtype=torch.int64),
+                   "cumulative_nfe": torch.tensor(self.cumulative_nfe, dtype=torch.int64),
                    "seconds": torch.tensor(self.seconds, dtype=torch.float64)}
         if self.sigma_hats is not None:
             tensors["sigma_hats"] = self.sigma_hats.contiguous()
@@ -86,10 +86,12 @@ class Trajectory:
         if int(meta.get("version", -1)) > VERSION:
             raise ValueError(f"{path} was written by a newer lab (version {meta['version']}); "
                              "upgrade the lab to read it")
-        missing = {"xs", "x0s", "sigmas", "nfe_per_step", "seconds"} - set(tensors)
+        if "nfe_per_step" in tensors:  # version 1's name for the same counts
+            tensors["cumulative_nfe"] = tensors.pop("nfe_per_step")
+        missing = {"xs", "x0s", "sigmas", "cumulative_nfe", "seconds"} - set(tensors)
         if missing:
             raise ValueError(f"{path} lacks {sorted(missing)}; the file is damaged")
         return cls(xs=tensors["xs"], x0s=tensors["x0s"], sigmas=tensors["sigmas"],
-                   nfe_per_step=tensors["nfe_per_step"].tolist(),
+                   cumulative_nfe=tensors["cumulative_nfe"].tolist(),
                    seconds=tensors["seconds"].tolist(), rule=meta.get("rule", ""),
                    meta=json.loads(meta.get("meta", "{}")), sigma_hats=tensors.get("sigma_hats"))

@@ -25,7 +25,8 @@ class NaNAtStep3(lab.Denoiser):
     (torch.zeros(2, 2), float("nan"), ValueError, "positive and finite"),
     (torch.zeros(2, 2), float("inf"), ValueError, "positive and finite"),
     (torch.zeros(2, 2), torch.ones(3), ValueError, "batch"),
-    (torch.zeros(2, 2), torch.ones(2, 1), ValueError, "0-d tensor"),
+    (torch.zeros(2, 2), torch.ones(2, 2), ValueError, "0-d tensor"),
+    (torch.zeros(2, 2), torch.ones(1, 2), ValueError, "matching the batch"),
     (torch.zeros(2, 2), "1.0", TypeError, "number or a tensor"),
     (torch.zeros(2, 3), 1.0, ValueError, "expects samples of shape"),
 ])
@@ -39,6 +40,7 @@ def test_sigma_forms_agree(mixture):
     a = mixture(x, 0.5)
     assert torch.equal(a, mixture(x, torch.tensor(0.5)))
     assert torch.equal(a, mixture(x, torch.full((3,), 0.5)))
+    assert torch.equal(a, mixture(x, torch.full((3, 1), 0.5)))  # what the loop hands rules
 
 
 @pytest.mark.parametrize("call,match", [
@@ -75,7 +77,8 @@ def test_schedule_errors(call, match):
     (lambda: rules.get("ancestral", eta=-0.1), ValueError, "eta"),
     (lambda: rules.ancestral(rules.ancestral()), ValueError, "deterministic"),
     (lambda: rules.optim(torch.optim.LBFGS), ValueError, "closure"),
-    (lambda: rules.optim("NoSuchOpt"), ValueError, "no optimiser"),
+    (lambda: rules.optim("NoSuchOpt"), ValueError, "optimizer must be one of .*Adam"),
+    (lambda: rules.get("optim", optimizer="LBFGS"), ValueError, "closure"),
     (lambda: rules.optim(torch.optim.SGD, momentum=-1.0), ValueError, "SGD"),
     (lambda: rules.optim(dict), TypeError, "Optimizer class"),
 ])
@@ -95,6 +98,27 @@ def test_sample_errors(mixture):
         lab.sample(mixture, x, sig, 3)
     with pytest.raises(ValueError, match="NaN or Inf"):
         lab.sample(mixture, x * float("nan"), sig, "euler")
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda m, sig: lab.sample(m, [[0.0, 1.0]], sig, "euler"), TypeError, "torch.Tensor"),
+    (lambda m, sig: lab.sample(m, torch.zeros(0, 2), sig, "euler"), ValueError, "empty"),
+    (lambda m, sig: lab.sample(m, torch.zeros(3, 0), sig, "euler"), ValueError, "empty"),
+    (lambda m, sig: lab.sample(m, torch.zeros(2, 2), None, "euler"), TypeError,
+     "sigmas must be a 1-d tensor or a sequence"),
+    (lambda m, sig: lab.steps(m, torch.zeros(2, 2), "karras", "euler"), TypeError,
+     "sigmas must be"),
+    (lambda m, sig: lab.sample(m, torch.zeros(2, 2), sig, "euler", seed=-1), ValueError,
+     "seed"),
+    (lambda m, sig: lab.noise((0, 2)), ValueError, "at least 1"),
+    (lambda m, sig: lab.noise((-1, 2)), ValueError, "at least 1"),
+    (lambda m, sig: lab.noise(5), TypeError, "sequence of sizes"),
+])
+def test_bad_sampling_input_is_named(mixture, call, err, match):
+    """Each of these used to fail deep inside torch (AttributeError, a reshape or stack
+    RuntimeError, "must be real number"); now the error names the argument."""
+    with pytest.raises(err, match=match):
+        call(mixture, schedules.karras(5))
 
 
 def test_nan_mid_trajectory_names_rule_step_and_sigma():

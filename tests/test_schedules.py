@@ -13,7 +13,10 @@ def test_shape_ends_and_order(fn):
     assert s.dtype == torch.float64 and s.shape == (21,)
     assert float(s[0]) == pytest.approx(80.0) and float(s[-2]) == pytest.approx(0.002)
     assert float(s[-1]) == 0.0 and bool((s[1:] < s[:-1]).all())
-    assert fn(1).tolist() == [pytest.approx(80.0), 0.0]
+    assert fn(1).tolist() == [80.0, 0.0]  # built in float64 end to end: exact
+    for n in (1, 2, 7, 20):
+        ends = fn(n, sigma_min=0.002, sigma_max=80.0).tolist()
+        assert ends[0] == 80.0 and ends[-1] == 0.0 and (n == 1 or ends[-2] == 0.002)
     no_zero = fn(20, sigma_min=0.002, sigma_max=80.0, append_zero=False)
     assert no_zero.shape == (20,) and float(no_zero[-1]) == pytest.approx(0.002)
 

@@ -16,7 +16,7 @@ def test_record_all_and_final(mixture):
     assert len(full.seconds) == 6 and all(t >= 0 for t in full.seconds)
     final = lab.sample(mixture, x, sig, "heun", record="final")
     assert final.xs.shape == (1, 5, 2) and torch.equal(final.x, full.x)
-    assert final.nfe_per_step == full.nfe_per_step
+    assert final.cumulative_nfe == full.cumulative_nfe
 
 
 def test_schedule_ending_above_zero_returns_that_state(gaussian):

@@ -5,9 +5,10 @@
     lab.rules.ancestral("heun", eta=0.5)       # noise wraps any deterministic rule
 """
 
-from .base import Param, Rule, Wrapper, available, describe, get, nfe, resolve, steps_for_budget
+from .base import (Param, Rule, Wrapper, available, describe, get, is_final, nfe, resolve,
+                   steps_for_budget)
 from .noise import Ancestral, AnnealedLangevin, Churn, Langevin, ancestral_step
-from .optimizers import Adam, Momentum, Nesterov, Plain, TorchOptim
+from .optimizers import Adam, Momentum, Nesterov, Plain, TorchOptim, closure_free_optimizers
 from .solvers import LMS, RK4, DPMSolverPP2M, Euler, Heun, Midpoint, lms_coefficients
 
 
@@ -33,7 +34,7 @@ def optim(optimizer="SGD", lr_scale: float = 1.0, **optimizer_kwargs) -> TorchOp
 
 __all__ = [
     "Param", "Rule", "Wrapper", "available", "describe", "get", "nfe", "resolve",
-    "steps_for_budget", "ancestral", "churn", "langevin", "optim", "ancestral_step",
+    "steps_for_budget", "is_final", "closure_free_optimizers", "ancestral", "churn", "langevin", "optim", "ancestral_step",
     "Euler", "Heun", "Midpoint", "RK4", "LMS", "DPMSolverPP2M", "lms_coefficients",
     "Plain", "Momentum", "Nesterov", "Adam", "TorchOptim",
     "Ancestral", "Churn", "Langevin", "AnnealedLangevin",

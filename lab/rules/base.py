@@ -6,8 +6,13 @@ A rule moves ``x`` from ``sigma`` to ``sigma_next``:
 
 ``model`` is a denoiser callable (the loop counts its calls), ``x0_hat`` is the
 denoiser's output at the start of the step (what trajectories record), ``noise()``
-draws fresh per-sample noise shaped like ``x``. Multistep rules keep history on
-the object and clear it in :meth:`Rule.reset`. No rule calls the model at sigma 0.
+draws fresh per-sample noise shaped like ``x``. ``sigma`` and ``sigma_next`` are
+per-sample tensors shaped ``(B, 1, ..., 1)`` to broadcast against ``x`` (the loop
+expands the schedule once), so a rule reads like its equation,
+``x + (sigma_next - sigma) * d``, whether sigma comes from the schedule or is read off
+the image. Multistep rules keep history on the object and clear it in
+:meth:`Rule.reset`; the loop runs a fresh copy of the rule, so two runs never share
+state. No rule calls the model at sigma 0: :func:`is_final` tells the last step.
 
 Each rule declares its parameters as :class:`Param` so that widgets and studies
 build controls and grids from the registry.
@@ -23,7 +28,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Param", "Rule", "Wrapper", "available", "get", "describe", "resolve", "nfe",
-           "steps_for_budget"]
+           "steps_for_budget", "is_final", "per_sample_norm"]
 
 _REGISTRY: dict[str, type[Rule]] = {}
 
@@ -32,9 +37,11 @@ _REGISTRY: dict[str, type[Rule]] = {}
 class Param:
     """A rule parameter: name, default and valid closed range ``[low, high]``.
 
-    A tuple default (Adam's ``betas``) applies the range to each element. A string
-    default (a wrapper's inner ``rule``) takes any registered deterministic rule.
-    ``log`` hints that widgets and grids should space values geometrically.
+    A tuple default (Adam's ``betas``) applies the range to each element. ``choices``
+    makes a parameter take one of a fixed set of names (the torch.optim adapter's
+    ``optimizer``); a string default without choices (a wrapper's inner ``rule``) takes
+    any registered deterministic rule. ``log`` hints that widgets and grids should space
+    values geometrically.
     """
 
     name: str
@@ -44,8 +51,14 @@ class Param:
     doc: str = ""
     integer: bool = False
     log: bool = False
+    choices: tuple[str, ...] | None = None
 
     def check(self, value, rule: str):
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"{rule}: {self.name} must be one of {', '.join(self.choices)}; "
+                                 f"got {value!r}")
+            return value
         if isinstance(self.default, str):
             if not (isinstance(value, str) or isinstance(value, Rule)):
                 raise TypeError(f"{rule}: {self.name} must be a rule name or Rule, got {value!r}")
@@ -98,11 +111,14 @@ class Rule:
     def reset(self, sigmas: Tensor | None = None) -> None:
         """Forget history; ``sigmas`` is the schedule about to be run."""
 
-    def step(self, model, x: Tensor, sigma: float, sigma_next: float, noise):
+    def step(self, model, x: Tensor, sigma: Tensor, sigma_next: Tensor, noise):
+        """Move ``x`` from ``sigma`` to ``sigma_next`` (both shaped to broadcast against
+        ``x``); return ``(x_next, x0_hat)``."""
         raise NotImplementedError
 
     def calls(self, sigma: float, sigma_next: float) -> int:
-        """Model calls this rule makes for one step (the last step may be cheaper)."""
+        """Model calls this rule makes for a step between two schedule values (floats:
+        budgets are planned before a run). The last step may be cheaper."""
         return 1
 
     @property
@@ -211,33 +227,11 @@ def steps_for_budget(rule, budget: int, schedule, max_steps: int = 10_000) -> in
     return best
 
 
-# A rule's sigma is a float from the schedule, or a (B,) tensor when the sampler
-# estimates each sample's noise level from the image. ``sigma_next`` is always the
-# schedule's float. These helpers let one line of rule code serve both.
-
-
-def at(v, x: Tensor):
-    """A float, or per-sample ``(B,)`` values shaped to broadcast against ``x``."""
-    if isinstance(v, Tensor):
-        return v.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-    return v
-
-
-def _dispatch(name):
-    def fn(v):
-        return getattr(torch, name)(v) if isinstance(v, Tensor) else getattr(math, name)(v)
-
-    fn.__name__ = name
-    return fn
-
-
-log, sqrt, expm1 = _dispatch("log"), _dispatch("sqrt"), _dispatch("expm1")
-
-
-def broadcast(v: Tensor, x: Tensor) -> Tensor:
-    """Per-sample values ``(B,)`` shaped to broadcast against ``x``."""
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
+def is_final(sigma_next: Tensor) -> bool:
+    """Whether this step ends at sigma = 0, where the model must not be called."""
+    return not bool(sigma_next.any())
 
 
 def per_sample_norm(v: Tensor) -> Tensor:
+    """Euclidean norm of each sample, ``(B,)``."""
     return torch.linalg.vector_norm(v.flatten(1), dim=1)

@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
-from .base import Param, Rule, Wrapper, at, broadcast, per_sample_norm, sqrt
+from ..tensors import per_sample
+from .base import Param, Rule, Wrapper, is_final, per_sample_norm
 
 
-def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
     """``(sigma_down, sigma_up)``: step deterministically to sigma_down, add sigma_up noise.
 
-    k-diffusion ``get_ancestral_step``.
+    k-diffusion ``get_ancestral_step``; per sample, so a noise level read off the image
+    gives each sample its own split.
     """
-    if eta == 0 or sigma_next == 0:
-        return sigma_next, 0.0
-    sigma_up = min(sigma_next,
-                   eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
+    sigma, sigma_next = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+    sigma_up = torch.minimum(
+        sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt())
+    return (sigma_next**2 - sigma_up**2).sqrt(), sigma_up
 
 
 class Ancestral(Wrapper):
@@ -37,15 +39,11 @@ class Ancestral(Wrapper):
     params = (*Wrapper.params, Param("eta", 1.0, 0.0, 1.0, doc="noise re-injected per step"))
 
     def step(self, model, x, sigma, sigma_next, noise):
-        if isinstance(sigma, Tensor):
-            raise ValueError("ancestral noise needs the schedule's sigma: with an estimated "
-                             "per-sample noise level the step's target would differ per sample; "
-                             "use churn or langevin, or sample on the schedule")
+        if self.eta == 0 or is_final(sigma_next):  # no noise to add, none drawn
+            return self.inner.step(model, x, sigma, sigma_next, noise)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, self.eta)
         x, x0 = self.inner.step(model, x, sigma, sigma_down, noise)
-        if sigma_up > 0:
-            x = x + sigma_up * noise(x)
-        return x, x0
+        return x + sigma_up * noise(x), x0
 
 
 class Churn(Wrapper):
@@ -71,15 +69,12 @@ class Churn(Wrapper):
         if self.num_steps is None:
             raise RuntimeError("churn needs the schedule: call reset(sigmas) first "
                                "(lab.sample does this)")
-        gamma = min(self.s_churn / self.num_steps, math.sqrt(2) - 1)
-        if isinstance(sigma, Tensor):  # per-sample estimated noise levels
-            gamma = gamma * ((self.s_tmin <= sigma) & (sigma <= self.s_tmax)).to(sigma.dtype)
-            if not bool((gamma > 0).any()):
-                return self.inner.step(model, x, sigma, sigma_next, noise)
-        elif gamma == 0 or not self.s_tmin <= sigma <= self.s_tmax:
+        churning = (self.s_tmin <= sigma) & (sigma <= self.s_tmax)
+        gamma = min(self.s_churn / self.num_steps, math.sqrt(2) - 1) * churning.to(sigma.dtype)
+        if not bool(gamma.any()):  # no noise to add, none drawn
             return self.inner.step(model, x, sigma, sigma_next, noise)
         sigma_hat = sigma * (1 + gamma)
-        x = x + at(sqrt(sigma_hat**2 - sigma**2) * self.s_noise, x) * noise(x)
+        x = x + (sigma_hat**2 - sigma**2).sqrt() * self.s_noise * noise(x)
         return self.inner.step(model, x, sigma_hat, sigma_next, noise)
 
 
@@ -107,13 +102,13 @@ class Langevin(Wrapper):
 
     def step(self, model, x, sigma, sigma_next, noise):
         x, x0 = self.inner.step(model, x, sigma, sigma_next, noise)
-        if sigma_next == 0:
+        if is_final(sigma_next):
             return x, x0
         for _ in range(self.steps):
             score = (model(x, sigma_next) - x) / sigma_next**2
             z = noise(x)
             a = 2 * (self.snr * per_sample_norm(z) / per_sample_norm(score)) ** 2
-            a = broadcast(a.clamp_max(sigma_next**2), x)
+            a = torch.minimum(per_sample(a, x), sigma_next**2)
             x = x + a * score + (2 * a).sqrt() * z
         return x, x0
 
@@ -144,8 +139,8 @@ class AnnealedLangevin(Rule):
             denoised = model(x, sigma)
             x0 = denoised if x0 is None else x0
             # a = step_size * sigma^2, so (a / 2) * score = (step_size / 2) (D - x)
-            kick = at(sqrt(self.step_size) * sigma, x) * noise(x)
+            kick = math.sqrt(self.step_size) * sigma * noise(x)
             x = x + self.step_size / 2 * (denoised - x) + kick
-        if sigma_next == 0:
+        if is_final(sigma_next):
             x = model(x, sigma)
         return x, x0

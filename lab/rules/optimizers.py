@@ -7,12 +7,11 @@ reduces to the plain step ``x - lr * g``, which at ``lr_scale = 1`` is Euler (an
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
-from torch import Tensor
-
-from .base import Param, Rule, at
+from .base import Param, Rule
 from .solvers import derivative
 
 LR_SCALE = Param("lr_scale", 1.0, 0.0, 4.0, doc="multiplies the default lr = sigma - sigma_next")
@@ -24,7 +23,7 @@ class GradientRule(Rule):
 
     def step(self, model, x, sigma, sigma_next, noise):
         g, x0 = derivative(model, x, sigma)
-        return self.update(x, g, at(self.lr_scale * (sigma - sigma_next), x)), x0
+        return self.update(x, g, self.lr_scale * (sigma - sigma_next)), x0
 
     def update(self, x, g, lr):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -78,7 +77,7 @@ class Nesterov(Rule):
         self.velocity = None
 
     def step(self, model, x, sigma, sigma_next, noise):
-        lr = at(self.lr_scale * (sigma - sigma_next), x)
+        lr = self.lr_scale * (sigma - sigma_next)
         v = self.velocity
         if v is None:
             g, x0 = derivative(model, x, sigma)
@@ -119,47 +118,79 @@ class Adam(GradientRule):
         return x - lr * m_hat / (v_hat.sqrt() + self.eps)
 
 
+def _needs_closure(optimizer: type[torch.optim.Optimizer]) -> bool:
+    closure = inspect.signature(optimizer.step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
+@functools.lru_cache(maxsize=1)
+def closure_free_optimizers() -> tuple[str, ...]:
+    """Names of the ``torch.optim`` optimisers the adapter can drive: closure-free ones
+    that step a dense parameter."""
+    names = []
+    for name in sorted(dir(torch.optim)):
+        cls = getattr(torch.optim, name)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)
+                and cls is not torch.optim.Optimizer) or _needs_closure(cls):
+            continue
+        try:
+            p = torch.zeros(1, requires_grad=True)
+            p.grad = torch.ones(1)
+            cls([p], lr=0.1).step()
+        except (TypeError, ValueError, RuntimeError):  # e.g. SparseAdam refuses dense grads
+            continue
+        names.append(name)
+    return tuple(names)
+
+
 class TorchOptim(Rule):
     """Any ``torch.optim`` optimiser as a sampler: ``x`` is its one parameter, ``eps``
     its ``.grad``, and each step sets ``lr = lr_scale * (sigma - sigma_next)``.
 
-    ``TorchOptim(torch.optim.SGD)`` is the plain step; ``SGD(momentum=b,
-    dampening=b)`` is ``momentum(beta=b)``. Optimisers that need a closure (LBFGS)
-    are refused: they would call the model an unbounded number of times. 1 NFE per step.
+    ``optimizer`` is a name from :func:`closure_free_optimizers` (a declared choice, so
+    widgets and grids list them) or an Optimizer class; other keyword arguments go to
+    the optimiser. ``optim("SGD")`` is the plain step; ``SGD(momentum=b, dampening=b)``
+    is ``momentum(beta=b)``. Optimisers that need a closure (LBFGS) are refused: they
+    would call the model an unbounded number of times. One learning rate per step, so
+    it follows the schedule's sigma, not per-sample estimates. 1 NFE per step.
     """
 
     name = "optim"
-    params = (LR_SCALE,)
+    params = (Param("optimizer", "SGD", choices=closure_free_optimizers(),
+                    doc="the torch.optim optimiser"), LR_SCALE)
     inference_safe = False  # the optimiser mutates a real autograd leaf
 
     def __init__(self, optimizer: type[torch.optim.Optimizer] | str = "SGD",
                  lr_scale: float = 1.0, **optimizer_kwargs):
-        if isinstance(optimizer, str):
-            if not isinstance(getattr(torch.optim, optimizer, None), type):
-                raise ValueError(f"torch.optim has no optimiser {optimizer!r}")
-            optimizer = getattr(torch.optim, optimizer)
-        if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer class, got {optimizer!r}")
-        closure = inspect.signature(optimizer.step).parameters.get("closure")
-        if closure is not None and closure.default is inspect.Parameter.empty:
-            raise ValueError(f"{optimizer.__name__} needs a closure that re-evaluates the model "
-                             "inside step(); the lab's rules make a fixed number of model calls "
-                             "per step, so use a closure-free optimiser (SGD, Adam, RMSprop, ...)")
+        if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+            cls, name = optimizer, optimizer.__name__
+        elif isinstance(optimizer, str):
+            cls, name = getattr(torch.optim, optimizer, None), optimizer
+        else:
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer class or its name, "
+                            f"got {optimizer!r}")
+        if isinstance(cls, type) and _needs_closure(cls):
+            raise ValueError(f"{name} needs a closure that re-evaluates the model inside "
+                             "step(); the lab's rules make a fixed number of model calls per "
+                             "step, so use a closure-free optimiser "
+                             f"({', '.join(closure_free_optimizers())})")
+        # A class of one's own is taken as it is; a name must be one torch.optim offers.
+        custom = isinstance(optimizer, type) and name not in closure_free_optimizers()
+        super().__init__(optimizer="SGD" if custom else name, lr_scale=lr_scale)
+        self.optimizer, self.optimizer_class = name, cls
         try:  # fail on bad kwargs now, not half way through a run
-            optimizer([torch.zeros(1)], lr=1.0, **optimizer_kwargs)
+            cls([torch.zeros(1)], lr=1.0, **optimizer_kwargs)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"{optimizer.__name__}({optimizer_kwargs}): {err}") from err
-        self.optimizer, self.optimizer_kwargs = optimizer, dict(optimizer_kwargs)
-        super().__init__(lr_scale=lr_scale)
+            raise type(err)(f"{name}({optimizer_kwargs}): {err}") from err
+        self.optimizer_kwargs = dict(optimizer_kwargs)
 
     @property
     def config(self):
-        return {"optimizer": self.optimizer.__name__, "lr_scale": self.lr_scale,
-                **self.optimizer_kwargs}
+        return {"optimizer": self.optimizer, "lr_scale": self.lr_scale, **self.optimizer_kwargs}
 
     @property
     def config_name(self):
-        args = [self.optimizer.__name__] + [f"{k}={v}" for k, v in self.optimizer_kwargs.items()]
+        args = [self.optimizer] + [f"{k}={v}" for k, v in self.optimizer_kwargs.items()]
         if self.lr_scale != 1.0:
             args.append(f"lr_scale={self.lr_scale:g}")
         return f"optim({', '.join(args)})"
@@ -168,15 +199,16 @@ class TorchOptim(Rule):
         self.param = self.opt = None
 
     def step(self, model, x, sigma, sigma_next, noise):
-        if isinstance(sigma, Tensor):
+        lrs = (self.lr_scale * (sigma - sigma_next)).flatten()
+        lr = float(lrs[0])
+        if not bool((lrs == lr).all()):
             raise ValueError("the torch.optim adapter takes one learning rate per step, so it "
                              "cannot follow per-sample estimated noise levels; sample on the "
                              "schedule, or use plain/momentum/nesterov/adam")
         g, x0 = derivative(model, x, sigma)
-        lr = self.lr_scale * (sigma - sigma_next)
         if self.param is None:
             self.param = x.detach().clone()
-            self.opt = self.optimizer([self.param], lr=lr, **self.optimizer_kwargs)
+            self.opt = self.optimizer_class([self.param], lr=lr, **self.optimizer_kwargs)
         else:  # a wrapper may have moved x since the last step
             self.param.copy_(x)
         self.param.grad = g.detach().clone()

@@ -1,24 +1,27 @@
 """ODE solvers for the probability-flow ODE ``dx/dsigma = eps(x, sigma)``.
 
 Each is a short step over one helper, :func:`derivative`, in the manner of
-k-diffusion's ``sampling.py``. Multistep rules record the sigma of every model call,
-so they stay exact when a wrapper moves the step's endpoints.
+k-diffusion's ``sampling.py``. ``sigma`` and ``sigma_next`` are per-sample tensors
+shaped to broadcast against ``x``. Multistep rules record the sigma of every model
+call, so they stay exact when a wrapper moves the step's endpoints.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
-from numpy.polynomial import Polynomial
 from torch import Tensor
 
-from .base import Param, Rule, at, expm1, log, sqrt
+from ..tensors import per_sample
+from .base import Param, Rule, is_final
 
 
 def derivative(model, x, sigma):
     """``(d, x0_hat)`` with ``d = (x - D(x, sigma)) / sigma``, the ODE's slope."""
     x0 = model(x, sigma)
-    return (x - x0) / at(sigma, x), x0
+    return (x - x0) / sigma, x0
 
 
 class Euler(Rule):
@@ -31,7 +34,7 @@ class Euler(Rule):
 
     def step(self, model, x, sigma, sigma_next, noise):
         d, x0 = derivative(model, x, sigma)
-        return x + at(sigma_next - sigma, x) * d, x0
+        return x + (sigma_next - sigma) * d, x0
 
 
 class Heun(Rule):
@@ -46,10 +49,10 @@ class Heun(Rule):
         return 2 if sigma_next > 0 else 1
 
     def step(self, model, x, sigma, sigma_next, noise):
-        h = at(sigma_next - sigma, x)
+        h = sigma_next - sigma
         d, x0 = derivative(model, x, sigma)
         x_euler = x + h * d
-        if sigma_next == 0:
+        if is_final(sigma_next):
             return x_euler, x0
         d_next, _ = derivative(model, x_euler, sigma_next)
         return x + h * (d + d_next) / 2, x0
@@ -68,11 +71,11 @@ class Midpoint(Rule):
 
     def step(self, model, x, sigma, sigma_next, noise):
         d, x0 = derivative(model, x, sigma)
-        if sigma_next == 0:
-            return x - at(sigma, x) * d, x0
-        sigma_mid = sqrt(sigma * sigma_next)
-        d_mid, _ = derivative(model, x + at(sigma_mid - sigma, x) * d, sigma_mid)
-        return x + at(sigma_next - sigma, x) * d_mid, x0
+        if is_final(sigma_next):
+            return x - sigma * d, x0
+        sigma_mid = (sigma * sigma_next).sqrt()
+        d_mid, _ = derivative(model, x + (sigma_mid - sigma) * d, sigma_mid)
+        return x + (sigma_next - sigma) * d_mid, x0
 
 
 class RK4(Rule):
@@ -87,9 +90,9 @@ class RK4(Rule):
         return 4 if sigma_next > 0 else 1
 
     def step(self, model, x, sigma, sigma_next, noise):
-        h, half = at(sigma_next - sigma, x), (sigma + sigma_next) / 2
+        h, half = sigma_next - sigma, (sigma + sigma_next) / 2
         k1, x0 = derivative(model, x, sigma)
-        if sigma_next == 0:
+        if is_final(sigma_next):
             return x + h * k1, x0
         k2, _ = derivative(model, x + h / 2 * k1, half)
         k3, _ = derivative(model, x + h / 2 * k2, half)
@@ -97,32 +100,35 @@ class RK4(Rule):
         return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), x0
 
 
-def lms_coefficients(history_sigmas, sigma, sigma_next) -> list:
+@functools.lru_cache(maxsize=None)
+def _gauss_legendre(points: int) -> tuple[Tensor, Tensor]:
+    nodes, weights = np.polynomial.legendre.leggauss(points)
+    return torch.from_numpy(nodes)[:, None], torch.from_numpy(weights)[:, None]
+
+
+def lms_coefficients(history_sigmas, sigma, sigma_next) -> Tensor:
     """``c_j = integral from sigma to sigma_next of the j-th Lagrange basis polynomial``.
 
     The basis is over the sigmas at which the stored derivatives were taken (newest
-    first). Integrated exactly as polynomials, so no quadrature tolerance enters.
-    Per-sample sigmas (tensors) give per-sample ``(B,)`` coefficients.
+    first); every sigma is a number or a per-sample tensor. Returns ``(k, B)`` in
+    float64, computed for the whole batch at once. The basis has degree k - 1, so
+    Gauss-Legendre with ``ceil(k / 2)`` points integrates it exactly: no quadrature
+    tolerance enters, only rounding.
     """
-    values = [*history_sigmas, sigma]
-    if any(isinstance(v, Tensor) for v in values):
-        batch = next(len(v) for v in values if isinstance(v, Tensor))
-        rows = [lms_coefficients([_item(v, b) for v in history_sigmas], _item(sigma, b),
-                                 sigma_next) for b in range(batch)]
-        return [torch.tensor(c, dtype=torch.float64) for c in zip(*rows)]
-    nodes = [float(s) for s in history_sigmas]
-    coeffs = []
-    for j, node in enumerate(nodes):
-        others = nodes[:j] + nodes[j + 1:]
-        basis = Polynomial.fromroots(others) if others else Polynomial([1.0])
-        basis = basis / np.prod([node - o for o in others])
-        antiderivative = basis.integ()
-        coeffs.append(float(antiderivative(sigma_next) - antiderivative(sigma)))
-    return coeffs
+    def flat(v):
+        return torch.as_tensor(v, dtype=torch.float64).reshape(-1)
 
-
-def _item(v, b):
-    return float(v[b]) if isinstance(v, Tensor) else v
+    nodes = torch.stack(torch.broadcast_tensors(*map(flat, history_sigmas)))  # (k, B)
+    lo, hi = flat(sigma), flat(sigma_next)
+    k = nodes.shape[0]
+    t_unit, w = _gauss_legendre((k + 1) // 2)
+    half = (hi - lo) / 2
+    t = (lo + hi) / 2 + half * t_unit                              # (q, B)
+    others = ~torch.eye(k, dtype=torch.bool)[:, :, None, None]     # (k, k, 1, 1): m != j
+    gaps = nodes[:, None] - nodes[None, :]                         # (k, k, B): s_j - s_m
+    numer = torch.where(others, t[None, None] - nodes[None, :, None], 1.0).prod(1)  # (k, q, B)
+    denom = torch.where(others[..., 0], gaps, 1.0).prod(1)        # (k, B)
+    return half * (w * numer).sum(1) / denom
 
 
 class LMS(Rule):
@@ -143,7 +149,8 @@ class LMS(Rule):
         d, x0 = derivative(model, x, sigma)
         self.history = [(sigma, d), *self.history][: self.order]
         coeffs = lms_coefficients([s for s, _ in self.history], sigma, sigma_next)
-        return x + sum(at(c, x) * dj for c, (_, dj) in zip(coeffs, self.history)), x0
+        return x + sum(per_sample(c.to(x.dtype), x) * dj
+                       for c, (_, dj) in zip(coeffs, self.history)), x0
 
 
 class DPMSolverPP2M(Rule):
@@ -161,11 +168,11 @@ class DPMSolverPP2M(Rule):
     def step(self, model, x, sigma, sigma_next, noise):
         x0 = model(x, sigma)
         previous, self.previous = self.previous, (sigma, x0)
-        if sigma_next == 0:
+        if is_final(sigma_next):
             return x0, x0
-        h = log(sigma / sigma_next)
+        h = (sigma / sigma_next).log()
         denoised = x0
         if previous is not None:
-            half_inv_r = at(h / log(previous[0] / sigma) / 2, x)  # 1 / (2 r)
+            half_inv_r = h / (previous[0] / sigma).log() / 2  # 1 / (2 r)
             denoised = (1 + half_inv_r) * x0 - half_inv_r * previous[1]
-        return at(sigma_next / sigma, x) * x - at(expm1(-h), x) * denoised, x0
+        return sigma_next / sigma * x - torch.expm1(-h) * denoised, x0
