@@ -3,6 +3,8 @@ model, a grid per rule and a table of FID, KID and NFE."""
 
 import csv
 
+import pytest
+
 import lab
 from experiments import demo
 
@@ -19,3 +21,19 @@ def test_fast_demo_writes_grids_and_a_table(tmp_path):
     assert [t["rule"] for t in table] == ["euler", "heun"]
     summary = (tmp_path / "summary.md").read_text()
     assert "| euler |" in summary and "grid_heun.png" in summary
+
+
+def test_demo_scores_samples_clamped_like_the_studies(tmp_path):
+    """Adam leaves pixels far outside [-1, 1]; the demo scores what one sees, clamped,
+    as the studies do (lab.metrics.image_scores), and the summary says so."""
+    rule, n, budget = lab.rules.optim("Adam"), 24, 5
+    (row,) = demo.run(tmp_path, n=n, budget=budget, rules=[rule], verbose=False)
+    model = lab.load(demo.MODEL)
+    x = lab.noise((n, *model.sample_shape), seed=0) * 80.0
+    samples = lab.sample_at_budget(model, x, rule, budget, demo.schedule, seed=0,
+                                   record="final").x
+    assert samples.abs().max() > 2  # the case where clamping matters
+    clamped = lab.metrics.image_scores(samples)
+    assert row["fid"] == pytest.approx(clamped["fid"], rel=1e-6)
+    assert row["kid"] == pytest.approx(clamped["kid"], rel=1e-6, abs=1e-9)
+    assert "clamped to [-1, 1]" in (tmp_path / "summary.md").read_text()
