@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from .seeding import derive_seed
+
+if TYPE_CHECKING:
+    from .trajectory import Trajectory
 
 __all__ = ["sliced_wasserstein", "mmd", "ode_reference", "exact_solution", "sample_distances",
            "rms_distance", "max_abs_error"]
@@ -160,3 +167,70 @@ def image_scores(samples: Tensor, reference="fashion-test") -> dict:
     images = samples.clamp(-1, 1)
     k = kid(images, reference)
     return {"fid": fid(images, reference), "kid": k.mean, "kid_std": k.std}
+
+
+# ----------------------------------------------------------------------------------
+# Metrics of a run: ``traj -> float`` callables (Compare's table column)
+# ----------------------------------------------------------------------------------
+
+__all__ += ["exact_error", "sliced_wasserstein_to", "fid_metric", "default_metric"]
+
+
+def exact_error(model) -> Callable[[Trajectory], float]:
+    """Max abs difference between a run's end and :func:`exact_solution` from its start
+    (closed form for a ``Gaussian``; otherwise a tight-tolerance solve per call: slow)."""
+    def error(traj: Trajectory) -> float:
+        start = traj.xs[0].to(torch.float64)  # the reference in full precision
+        exact = exact_solution(model, start, float(traj.sigmas[0]), float(traj.sigmas[-1]))
+        return max_abs_error(traj.x, exact)
+
+    return error
+
+
+def sliced_wasserstein_to(reference: Tensor, projections: int = 256
+                          ) -> Callable[[Trajectory], float]:
+    """Sliced Wasserstein distance of a run's samples to ``reference`` samples."""
+    def sw(traj: Trajectory) -> float:
+        return sliced_wasserstein(traj.x, reference, projections=projections)
+
+    return sw
+
+
+def fid_metric(reference="fashion-test") -> Callable[[Trajectory], float]:
+    """FID of a run's images (clamped to [-1, 1]) against ``reference`` (:func:`fid`); on
+    a small batch it is biased upward: compare rules at the same count only."""
+    def fid_of_run(traj: Trajectory) -> float:
+        return fid(traj.x.clamp(-1, 1), reference)
+
+    return fid_of_run
+
+
+def default_metric(model, shape: Sequence[int], reference=None, seed: int = 0):
+    """``(name, metric)`` for a model, or ``(None, None)`` when nothing fits:
+
+    - a ``Gaussian`` (it has ``solve``): max error against the exact ODE solution;
+    - 2-D samples: sliced Wasserstein to ``reference`` samples, else to the model's own
+      exact samples (mixtures) or data (``Empirical``);
+    - Fashion-MNIST-shaped images ``(1, 28, 28)``: FID on the batch against ``reference``
+      (images) or the shipped ``fashion-test`` features, when they exist.
+    """
+    per_sample = tuple(shape[1:])
+    n = int(shape[0])
+    if hasattr(model, "solve"):
+        return "max |x - exact ODE solution|", exact_error(model)
+    if math.prod(per_sample) == 2:
+        if reference is None and hasattr(model, "sample"):
+            reference = model.sample(max(n, 512), seed=seed + 1)
+        if reference is None and isinstance(getattr(model, "data", None), Tensor):
+            reference = model.data
+        if reference is not None:
+            return "sliced W2 to reference", sliced_wasserstein_to(reference)
+        return None, None
+    if per_sample == (1, 28, 28):
+        if isinstance(reference, Tensor):
+            return f"FID ({n} samples)", fid_metric(reference)
+        from . import fid as fid_module
+
+        if "fashion-test" in fid_module.references():
+            return f"FID ({n} samples)", fid_metric("fashion-test")
+    return None, None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -340,8 +341,8 @@ def metric_vs_nfe_panels(rows: Sequence[Mapping], metric: str, *, panel: str = "
 # --------------------------------------------------------------------------- panels
 # Used by lab.widgets to draw one frame of a trajectory; usable on their own.
 
-__all__ += ["figure_png", "image_grid", "plot_image_grid", "images_to_text", "images_from_text",
-            "preview_figure",
+__all__ += ["figure_png", "image_grid", "fit_title", "plot_image_grid", "images_to_text",
+            "images_from_text", "preview_figure",
             "plot_state_2d", "plot_field_2d",
             "loglog_slope", "plot_convergence", "step_angles", "plot_step_angles"]
 
@@ -379,17 +380,32 @@ def image_grid(images, nrow: int | None = None, *, pad: int = 1,
     return out[0] if c == 1 else out.transpose(1, 2, 0)
 
 
+def fit_title(ax, title: str, *, fontsize: float = 10):
+    """Set ``title`` on ``ax``, wrapped at spaces to the axes' width, so that a long title
+    over a narrow panel is not cut off at the figure's edge. Returns the Text."""
+    width_pt = ax.get_position().width * ax.get_figure(root=True).get_figwidth() * 72
+    chars = max(12, int(width_pt / (TITLE_EM_PER_CHAR * fontsize)))
+    lines = [textwrap.fill(line, chars, break_on_hyphens=False) or line
+             for line in title.split("\n")]
+    return ax.set_title("\n".join(lines), fontsize=fontsize)
+
+
+#: A generous average glyph width of the default font, in ems: titles wrap to fit it.
+TITLE_EM_PER_CHAR = 0.62
+
+
 def plot_image_grid(ax, images, *, nrow: int | None = None,
                     value_range: tuple[float, float] = (-1.0, 1.0), title: str | None = None,
-                    cmap: str = "gray"):
-    """Draw :func:`image_grid` of ``images`` on ``ax`` without ticks; returns the AxesImage."""
+                    cmap: str = "gray", fontsize: float = 10):
+    """Draw :func:`image_grid` of ``images`` on ``ax`` without ticks, the ``title`` wrapped
+    to the panel's width (:func:`fit_title`); returns the AxesImage."""
     grid = image_grid(images, nrow, value_range=value_range)
     im = ax.imshow(grid, cmap=cmap if grid.ndim == 2 else None, vmin=0, vmax=1,
                    interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=10)
+        fit_title(ax, title, fontsize=fontsize)
     return im
 
 
@@ -421,8 +437,7 @@ def preview_figure(previews: Mapping[str, str], *, ncols: int = 4, nrow: int = 4
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, (label, text) in zip(axes.flat, previews.items()):
-        plot_image_grid(ax, images_from_text(text), nrow=nrow, title=label)
-        ax.title.set_fontsize(8)
+        plot_image_grid(ax, images_from_text(text), nrow=nrow, title=label, fontsize=8)
     return fig
 
 

@@ -33,8 +33,8 @@ def reference(model, rule, steps, seed, shape=(N, 2), dtype=torch.float32):
 @pytest.mark.parametrize("name", lab.rules.available())
 def test_controls_rebuild_each_rule_at_its_defaults(name):
     controls = lw.rule_controls(name)
-    assert set(controls) - {"optimizer"} == {p.name for p in lab.rules.describe(name)}
-    rule = lw._make_rule(name, lw.control_values(controls))
+    assert set(controls) == {p.name for p in lab.rules.describe(name)}
+    rule = lab.rules.get(name, **lw.control_values(controls))
     assert rule.config == lab.rules.get(name).config  # defaults survive the widgets exactly
 
 
@@ -48,12 +48,34 @@ def test_control_kinds_follow_the_declarations():
     churn = lw.rule_controls("churn")
     assert isinstance(churn["rule"], widgets.Dropdown)
     assert set(churn["rule"].options) == set(lab.rules.available("deterministic"))
+    # the panel's own dropdown says "rule": the wrapper's inner rule is labelled apart
+    assert churn["rule"].description == lw.controls.INNER_RULE_LABEL != "rule"
     assert churn["s_noise"].value == 1.003  # a slider step that keeps the default
     assert isinstance(churn["s_tmax"], widgets.BoundedFloatText)  # [0, 1e6]: typed, not slid
     assert isinstance(lw.rule_controls("annealed_langevin")["step_size"], widgets.FloatLogSlider)
     optim = lw.rule_controls("optim")
+    assert isinstance(optim["optimizer"], widgets.Dropdown)
+    # the dropdown lists the declared choices: nothing in the widgets knows "optim"
+    choice = {p.name: p for p in lab.rules.describe("optim")}["optimizer"]
+    assert optim["optimizer"].options == tuple(choice.choices)
     assert "SGD" in optim["optimizer"].options and "Adam" in optim["optimizer"].options
     assert "LBFGS" not in optim["optimizer"].options  # needs a closure: refused by the adapter
+
+
+def test_a_choice_param_gets_a_dropdown_of_its_choices():
+    p = lab.rules.Param("flavour", "b", choices=("a", "b", "c"), doc="which one")
+    control = lw.param_control(p)
+    assert isinstance(control, widgets.Dropdown)
+    assert control.options == ("a", "b", "c") and control.value == "b"
+    assert lw.param_control(p, "c").value == "c"
+
+
+def test_widgets_know_no_rule_by_name():
+    import inspect
+
+    for module in (lw.controls, lw.panels, lw.scrubber):
+        source = inspect.getsource(module)
+        assert '"optim"' not in source and "torch_optimizers" not in source, module.__name__
 
 
 # ------------------------------------------------------------------ RulePanel
@@ -100,7 +122,8 @@ def test_rule_panel_torch_optim_and_cost(mix):
     panel.controls["optimizer"].value = "Adam"
     assert "5 model calls" in panel.cost.value
     traj = panel.run()
-    assert torch.equal(traj.x, reference(mix, lab.rules.optim("Adam"), 5, seed=0).x)
+    adam = lab.rules.get("optim", optimizer="Adam", lr_scale=1.0)
+    assert torch.equal(traj.x, reference(mix, adam, 5, seed=0).x)
     panel.rule_dropdown.value = "heun"
     assert set(panel.controls) == set()
     assert "9 model calls" in panel.cost.value  # 2N - 1
@@ -121,6 +144,10 @@ def test_rule_panel_shows_errors_instead_of_raising(mix):
 def test_rule_panel_sigma_estimate_dropdown():
     blind = lab.load("moons-mlp-blind")
     panel = RulePanel(blind, n=N, rule="euler", steps=4, sigma_estimate=[None, "rms"])
+    # a None option would show a blank dropdown: it is offered as "schedule"
+    assert panel.sigma_from.options == ("schedule", "rms")
+    assert panel.sigma_from.value == "schedule" and panel.sigma_estimate is None
+    assert panel.sigma_from.label == "schedule"
     on_schedule = panel.traj
     panel.sigma_from.value = "rms"
     estimated = panel.run()
@@ -129,6 +156,9 @@ def test_rule_panel_sigma_estimate_dropdown():
     ref = lab.sample(blind, lab.noise((N, 2), 0) * sig[0], sig, "euler", seed=0,
                      sigma_estimate="rms")
     assert torch.equal(estimated.x, ref.x)
+    panel.sigma_from.value = "schedule"
+    assert panel.sigma_from.label == "schedule" and panel.sigma_estimate is None
+    assert panel.run().sigma_hats is None
 
 
 # ------------------------------------------------------------------ TrajectoryScrubber
@@ -141,21 +171,101 @@ def test_scrubber_slider_indexes_the_trajectory(mix):
     scrub.slider.value = 2
     assert "step 2/5" in scrub.readout.value
     assert f"sigma {float(traj.sigmas[2]):.4g}" in scrub.readout.value
-    assert f"NFE {traj.nfe_per_step[1]}" in scrub.readout.value
+    assert f"NFE {traj.cumulative_nfe[1]}" in scrub.readout.value
     assert scrub.image.value != last_image
     x, x0, sigma, nfe = scrub.state(traj.rule, 2)
     assert torch.equal(x, traj.xs[2]) and torch.equal(x0, traj.x0s[2])
-    assert sigma == float(traj.sigmas[2]) and nfe == traj.nfe_per_step[1]
+    assert sigma == float(traj.sigmas[2]) and nfe == traj.cumulative_nfe[1]
     scrub.slider.value = 0
     assert scrub.readout_text().startswith("step 0/5") and "NFE 0" in scrub.readout_text()
     # frames are cached: scrubbing back does not redraw
-    drawn = []
-    draw = scrub.figure
-    scrub.figure = lambda k=None: drawn.append(k) or draw(k)
+    drawn = _count_draws(scrub)
     scrub.slider.value = 2
     assert drawn == [] and scrub.image.value == scrub.frame(2)
     scrub.slider.value = 3
     assert drawn == [3]
+
+
+def _count_draws(scrub) -> list:
+    drawn = []
+    draw = scrub.figure
+    scrub.figure = lambda k=None: drawn.append(k) or draw(k)
+    return drawn
+
+
+def test_scrubber_draws_each_frame_once_back_and_forth(mix):
+    traj = reference(mix, "euler", 6, seed=2)
+    scrub = TrajectoryScrubber(None, mix)
+    drawn = _count_draws(scrub)
+    scrub.set_trajectory(traj)
+    shown = {}
+    for k in [6, 5, 4, 3, 4, 5, 6, 2, 0, 1, 0, 6, 3]:
+        scrub.slider.value = k
+        assert f"step {k}/6" in scrub.readout.value
+        assert scrub.image.value == scrub.frame(k)  # the frame on show is step k's
+        shown[k] = scrub.image.value
+    assert sorted(drawn) == sorted(set(drawn)) == sorted(shown)  # each at most once
+    assert len(set(shown.values())) == len(shown)  # and every step looks different
+
+
+def test_scrubber_prerenders_while_the_event_loop_is_idle(mix):
+    """In a kernel (a running asyncio loop) the frames are drawn between messages, nearest
+    to the one on show first; afterwards scrubbing draws nothing."""
+    import asyncio
+
+    traj = reference(mix, "heun", 5, seed=1)
+
+    async def open_and_idle():
+        scrub = TrajectoryScrubber(None, mix)
+        drawn = _count_draws(scrub)
+        scrub.set_trajectory(traj)
+        assert drawn == [5]  # the step on show is drawn at once, the rest later
+        for _ in range(20):  # turns of the loop: one frame each
+            await asyncio.sleep(0)
+        return scrub, drawn
+
+    scrub, drawn = asyncio.run(open_and_idle())
+    assert drawn == [5, 4, 3, 2, 1, 0]
+    for k in [0, 3, 5, 1]:
+        scrub.slider.value = k
+        assert scrub.image.value == scrub.frame(k) and f"step {k}/5" in scrub.readout.value
+    assert len(drawn) == 6  # nothing drawn twice
+    off = TrajectoryScrubber(None, mix, prerender=False)
+
+    async def idle_off():
+        off.set_trajectory(traj)
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    asyncio.run(idle_off())
+    assert list(off._frames) == [5]
+
+
+def _titles_inside_the_figure(fig) -> list[str]:
+    """The axes titles that stick out of the figure (drawn at its saved size)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width = fig.bbox.width
+    return [ax.title.get_text() for ax in fig.axes if ax.get_visible() and ax.title.get_text()
+            and not (ax.title.get_window_extent(renderer).x0 >= 0
+                     and ax.title.get_window_extent(renderer).x1 <= width)]
+
+
+def test_image_titles_fit_their_panels():
+    # notebook 05 showed "nd, regressor 8/8": the left end cut off at the figure's edge
+    data = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model = lab.models.Empirical(data)
+    sig = karras(3)
+    run = lab.sample(model, lab.noise((4, 1, 8, 8), 0) * sig[0], sig, "euler")
+    runs = {"noise-blind, rms(noise_hat)": run, "blind, regressor": run}
+    scrub = TrajectoryScrubber(runs, model, images=4)
+    assert _titles_inside_the_figure(scrub.figure(3)) == []
+    fig, ax = lab.viz.new_figure(1, 1, panel_size=(2.0, 2.0))
+    lab.viz.plot_image_grid(ax, data[:4], title="a rather long title " * 4)
+    assert "\n" in ax.title.get_text() and _titles_inside_the_figure(fig) == []
 
 
 def test_scrubber_several_runs_of_different_lengths(mix):
