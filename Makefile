@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 # project's loose torch range does not pull a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup data demo test lab notebooks-check notebooks-strip clean
+.PHONY: setup data demo test bench lab notebooks-check notebooks-strip clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ demo: setup
 # pytest's exit code (5 = nothing collected included) is make's exit code.
 test: setup data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The loop's cost against diffusers' and the model-call share, as ratios from one run.
+bench: setup
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m experiments.bench
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

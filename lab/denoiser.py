@@ -42,8 +42,9 @@ def as_sigma(sigma, x: Tensor) -> Tensor:
         s = torch.full((batch,), float(sigma), dtype=sigma_dtype(x), device=x.device)
     else:
         raise TypeError(f"sigma must be a number or a tensor, got {type(sigma).__name__}")
-    lo, hi = torch.aminmax(s)
-    if not (float(lo) > 0 and float(hi) < math.inf):  # NaN fails the first test
+    # The loop's sigmas are one value expanded over the batch (stride 0): check it once.
+    lo, hi = (s[0],) * 2 if s.stride(0) == 0 else torch.aminmax(s)
+    if not 0 < float(lo) <= float(hi) < math.inf:  # NaN fails every comparison
         raise ValueError(f"sigma must be positive and finite, got {_short(s)}; a denoiser is "
                          "never called at sigma = 0 (the last step of a schedule returns x0_hat)")
     return s

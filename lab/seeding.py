@@ -61,12 +61,19 @@ class NoiseSource:
     STREAM = 1
 
     def __init__(self, seed: int, batch: int):
-        self.seed = seed
-        self.generators = [_generator(seed, k, self.STREAM) for k in range(batch)]
+        self.seed, self.batch = seed, batch
+        self._generators: list[torch.Generator] | None = None
+
+    @property
+    def generators(self) -> list[torch.Generator]:
+        # Made on the first draw: deterministic rules never pay for B generators.
+        if self._generators is None:
+            self._generators = [_generator(self.seed, k, self.STREAM) for k in range(self.batch)]
+        return self._generators
 
     def __call__(self, like: Tensor) -> Tensor:
-        if like.shape[0] != len(self.generators):
-            raise ValueError(f"noise source made for a batch of {len(self.generators)}, "
+        if like.shape[0] != self.batch:
+            raise ValueError(f"noise source made for a batch of {self.batch}, "
                              f"asked for {like.shape[0]}")
         z = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype)
                          for g in self.generators])

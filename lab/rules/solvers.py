@@ -55,7 +55,7 @@ class Heun(Rule):
         if is_final(sigma_next):
             return x_euler, x0
         d_next, _ = derivative(model, x_euler, sigma_next)
-        return x + h * (d + d_next) / 2, x0
+        return x + h / 2 * (d + d_next), x0
 
 
 class Midpoint(Rule):
