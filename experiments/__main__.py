@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     if args.list:
         cells = runner.status(module, out, args.fast)
         for key, cell, done in cells:
-            print(f"{key}  {'done   ' if done else 'pending'}  {runner._label(cell)}")
+            print(f"{key}  {'done   ' if done else 'pending'}  {runner.cell_label(cell)}")
         print(f"{sum(d for *_, d in cells)} of {len(cells)} cells done in {out}")
         return 0
     try:

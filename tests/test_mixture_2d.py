@@ -1,97 +1,121 @@
-"""The 2-D mixture comparison (experiments/mixture_2d.py) in a fast mode, and its helpers."""
-
-import csv
+"""The 2-D mixture study (experiments/studies/mixture_2d.py) in its ``--fast`` mode,
+through the same resumable runner as every study, and the plotting helpers it uses."""
 
 import pytest
 import torch
 
 import lab
-from experiments import mixture_2d as demo
+from experiments.studies import mixture_2d
 from lab import study, viz
-
-BUDGETS = (5, 10, 50)
-N = 256
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    rows = demo.run(out, budgets=BUDGETS, n=N, verbose=False)
-    return out, rows
+    out = tmp_path_factory.mktemp("mixture_2d-fast")
+    return out, study.run(mixture_2d, out, fast=True, progress=False)
 
 
-def row(rows, rule, budget):
-    return next(r for r in rows if r["rule"] == rule and r["budget"] == budget)
+def metrics(rows, label, budget):
+    (found,) = [r["metrics"] for r in rows
+                if r["metrics"]["label"] == label and r["cell"]["budget"] == budget]
+    return found
 
 
-def test_files_exist(result):
+def test_files_exist_and_rows_are_the_runners(result):
     out, rows = result
-    for name in ("summary.md", "rows.csv", "rows.jsonl", "setup.json"):
+    for name in ("summary.md", study.ROWS, study.MANIFEST):
         assert (out / name).stat().st_size > 0, name
-    for name in ("paths.png", "metrics_vs_nfe.png"):
+    for name in ("paths.png", mixture_2d.PLOT):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
-    assert study.read_jsonl(out / "rows.jsonl") == rows
-    with open(out / "rows.csv") as f:
-        assert len(list(csv.DictReader(f))) == len(rows)
+    assert study.read_rows(out / study.ROWS) == rows
+    assert [r["cell"] for r in rows] == mixture_2d.cells(fast=True)
 
 
 def test_every_rule_and_budget_has_a_row(result):
     _, rows = result
-    labels = list(demo.rule_factories())
-    assert {r["family"] for r in rows} == set(lab.rules.available())
-    assert sorted((r["rule"], r["budget"]) for r in rows) == sorted(
-        (lb, b) for lb in labels for b in BUDGETS)
+    assert {r["metrics"]["family"] for r in rows} == set(lab.rules.available())
+    budgets = mixture_2d.FAST["budgets"]
+    labels = {lab.rules.get(r["rule"], **r["params"]).config_name for r in mixture_2d.rules()}
+    assert sorted((r["metrics"]["label"], r["cell"]["budget"]) for r in rows) == sorted(
+        (lb, b) for lb in labels for b in budgets)
 
 
 def test_nfe_fits_the_budget_and_one_more_step_would_not(result):
     _, rows = result
-    makers = demo.rule_factories()
     for r in rows:
-        rule = makers[r["rule"]]()
-        if r["steps"] is None:  # e.g. annealed_langevin: one step costs more than B
-            assert r["status"].startswith("does not fit")
-            assert lab.rules.nfe(rule, demo.schedule(1)) > r["budget"]
+        m, budget = r["metrics"], r["cell"]["budget"]
+        rule = lab.rules.get(r["cell"]["rule"], **r["cell"]["params"])
+        if m.get("steps") is None:  # e.g. annealed_langevin: one step costs more than B
+            assert m["status"] == "does not fit the budget"
+            assert lab.rules.nfe(rule, mixture_2d.schedule(1)) > budget
             continue
-        assert r["status"] == "ok", (r["rule"], r["budget"], r["status"])
-        assert r["nfe"] == lab.rules.nfe(rule, demo.schedule(r["steps"])) <= r["budget"]
-        assert lab.rules.nfe(rule, demo.schedule(r["steps"] + 1)) > r["budget"], r["rule"]
+        assert m["status"] == "ok", (m["label"], budget, m["status"])
+        predicted = lab.rules.nfe(rule, mixture_2d.schedule(m["steps"]))
+        assert r["nfe"] == m["nfe"] == predicted <= budget
+        assert lab.rules.nfe(rule, mixture_2d.schedule(m["steps"] + 1)) > budget, m["label"]
 
 
-def test_summary_lists_every_rule_and_comes_from_the_rows(result):
+def test_summary_lists_every_rule_and_comes_from_the_rows(result, tmp_path):
     out, rows = result
     text = (out / "summary.md").read_text()
-    for label in demo.rule_factories():
-        assert f"| {label} |" in text, label
-    heun = row(rows, "heun", max(BUDGETS))
-    assert f"{heun['error_rms']:.3g}" in text
-    assert f"{heun['sw']:.3g}" in text
+    for r in rows:
+        assert f"| {r['metrics']['label']} |" in text and f"| {r['key']} |" in text
+    heun = metrics(rows, "heun", 50)
+    assert f"{heun['error_rms']:.3g}" in text and f"{heun['sw']:.3g}" in text
+    assert f"**{heun['sw_floor']:.3g}**" in text
+    assert "euler = optim(SGD) = plain" in text  # the plain step is Euler, found from the rows
+    mixture_2d.render(study.read_rows(out / study.ROWS), tmp_path)  # from the rows alone
+    assert (tmp_path / "summary.md").read_text() == text
 
 
 @pytest.mark.parametrize("rule", ["euler", "heun", "dpmpp_2m", "lms", "rk4"])
 def test_error_falls_from_5_to_10_calls(result, rule):
     _, rows = result
-    assert row(rows, rule, 10)["error_rms"] < row(rows, rule, 5)["error_rms"]
+    assert metrics(rows, rule, 10)["error_rms"] < metrics(rows, rule, 5)["error_rms"]
 
 
 def test_heun_is_close_to_the_exact_ode_at_the_largest_budget(result):
     _, rows = result
-    heun = row(rows, "heun", max(BUDGETS))
+    heun = metrics(rows, "heun", 50)
     assert heun["nfe"] == 49
-    assert heun["error_rms"] < 0.1  # measured 0.034 with 256 samples
+    assert heun["error_rms"] < 0.1
+    assert heun["schedule_floor_rms"] < 1e-4  # the schedule's own floor is far below
 
 
 def test_stochastic_rules_have_sw_but_no_error(result):
     _, rows = result
     for r in rows:
-        if r["steps"] is not None:
-            assert r["sw"] is not None and r["sw"] > 0
-            assert (r["error_rms"] is None) == r["stochastic"], r["rule"]
+        m = r["metrics"]
+        if m.get("steps") is not None:
+            assert m["sw"] > 0
+            assert ("error_rms" not in m) == m["stochastic"], m["label"]
+
+
+def test_paths_are_recorded_at_the_path_budget_only(result):
+    _, rows = result
+    for r in rows:
+        m = r["metrics"]
+        if r["cell"]["budget"] != mixture_2d.PATH_BUDGET or m.get("steps") is None:
+            assert "path" not in m
+            continue
+        path = torch.tensor(m["path"])
+        assert path.shape == (m["steps"] + 1, mixture_2d.PATH_SAMPLES, 2)
+        assert path[0].abs().max() > 10  # it starts in the sigma = 80 noise
+
+
+def test_the_old_module_entry_point_is_gone():
+    """One way to run it: ``python -m experiments mixture_2d`` (the runner)."""
+    from experiments import __main__ as cli
+
+    assert cli.load("mixture_2d") is mixture_2d
+    with pytest.raises(ModuleNotFoundError):
+        __import__("experiments.mixture_2d")
 
 
 def test_save_figure_is_atomic_and_needs_a_format(tmp_path):
     fig, ax = viz.new_figure()
-    viz.plot_density_2d(ax, demo.mixture(), 0.1, resolution=40)
+    viz.plot_density_2d(ax, mixture_2d.model("mixture"), 0.1, resolution=40)
     viz.plot_paths_2d(ax, torch.zeros(3, 2, 2))
     path = viz.save_figure(fig, tmp_path / "a" / "fig.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
@@ -101,7 +125,7 @@ def test_save_figure_is_atomic_and_needs_a_format(tmp_path):
 
 
 def test_mixture_density_integrates_to_one():
-    m = demo.mixture()
+    m = mixture_2d.model("mixture")
     xlim, ylim = viz.bounds_2d(m, margin=6.0)
     X, Y, logp = viz.density_grid(m, 0.0, xlim, ylim, resolution=400)
     cell = (X[0, 1] - X[0, 0]) * (Y[1, 0] - Y[0, 0])

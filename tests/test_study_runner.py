@@ -136,8 +136,27 @@ def test_duplicate_cells_are_refused(tmp_path):
 def test_a_study_missing_a_function_is_refused(tmp_path):
     s = fake()
     del s.render
-    with pytest.raises(study.StudyError, match="render"):
+    with pytest.raises(study.StudyError, match=r"'fake' is not a lab.study.Study: it has no "
+                                               r"render\(rows, out_dir\)"):
         study.run(s, tmp_path, progress=False)
+    assert not (tmp_path / study.ROWS).exists()  # refused before any cell ran
+    s.render, s.run_cell = "not a function", None
+    with pytest.raises(study.StudyError, match=r"no run_cell\(cell\), no render\(rows"):
+        study.run(s, tmp_path, progress=False)
+
+
+def test_the_study_contract_is_a_protocol_every_study_satisfies():
+    """Every study of experiments/studies satisfies lab.study.Study; those with a
+    results/README.md section (experiments.readme.ORDER) satisfy ReportedStudy too, and
+    the check names each missing member."""
+    from experiments import readme
+
+    for name in cli.available():
+        study.check_study(cli.load(name), study.Study)
+    for name in readme.ORDER:
+        study.check_study(cli.load(name), study.ReportedStudy)
+    with pytest.raises(study.StudyError, match=r"no NOTEBOOK, no PLOT, no headline\(rows\)"):
+        study.check_study(fake(), study.ReportedStudy)
 
 
 # ---- rows ------------------------------------------------------------------------------
@@ -392,7 +411,7 @@ def test_crash_while_drawing_keeps_the_previous_image_and_summary(smoke_run, tmp
 
 
 def test_two_runs_never_write_one_folder(tmp_path):
-    with study._locked(tmp_path):
+    with study.locked(tmp_path):
         with pytest.raises(study.StudyError, match="another run"):
             study.run(fake(), tmp_path, progress=False)
     assert len(study.run(fake(), tmp_path, progress=False)) == 6  # released
@@ -479,10 +498,27 @@ def test_flat_and_aggregate():
                    "sw_n": 2}
 
 
-def test_existing_table_helpers_still_work(tmp_path):
+def test_table_helpers(tmp_path):
     rows = [{"rule": "heun", "nfe": 9, "sw": 0.31}, {"rule": "euler", "nfe": 5, "sw": None}]
     study.write_csv(tmp_path / "rows.csv", rows)
-    study.write_jsonl(tmp_path / "rows.jsonl", rows)
-    assert study.read_jsonl(tmp_path / "rows.jsonl") == rows
     assert (tmp_path / "rows.csv").read_text().splitlines()[2] == "euler,5,"
     assert "| heun | 9 | 0.31 |" in study.markdown_table(rows)
+
+
+def test_one_row_writer_one_nan_policy(tmp_path):
+    """NaN and infinities become null at any depth, so the strict reader reads them back
+    as None; a value that is not plain JSON is refused, naming where it sits."""
+    import numpy as np
+
+    path = tmp_path / study.ROWS
+    rows = [{"key": "a", "metrics": {"fid": float("nan"), "path": [1.0, float("-inf")],
+                                     "n": np.int64(3)}},
+            {"key": "b", "metrics": {"fid": 4.5}}]
+    study.write_rows(path, rows)
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    assert study.read_rows(path) == [{"key": "a", "metrics": {"fid": None, "path": [1.0, None],
+                                                              "n": 3}},
+                                     {"key": "b", "metrics": {"fid": 4.5}}]
+    with pytest.raises(TypeError, match=r"row 0\.metrics\.x"):
+        study.write_rows(path, [{"key": "a", "metrics": {"x": object()}}])
+    assert len(study.read_rows(path)) == 2  # the refused write left the file as it was

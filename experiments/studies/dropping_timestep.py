@@ -55,9 +55,7 @@ def cells(fast: bool = False) -> list[dict]:
                                         samples=1024))
 
 
-@functools.cache
-def model(name: str):
-    return lab.load(name)
+model = study.model_loader()
 
 
 def sigma_error(traj, sigmas: torch.Tensor) -> float | None:
@@ -68,18 +66,14 @@ def sigma_error(traj, sigmas: torch.Tensor) -> float | None:
 
 
 def run_cell(cell: dict) -> dict:
-    m = model(cell["model"])
-    x = lab.noise((cell["samples"], *m.sample_shape), seed=cell["seed"]) * SIGMA_MAX
-    with study.threads(1):
-        traj, status = study.try_sample_at_budget(m, x, cell["rule"], cell["budget"], schedule,
-                                                  seed=cell["seed"],
-                                                  sigma_estimate=cell["sigma_from"])
-        label = f"{cell['model']}, {cell['sigma_from']}, {cell['rule']}"
-        if traj is None:
-            return {"label": label, "status": status}
-        return {"label": label, "steps": traj.steps, "nfe": traj.nfe, "status": status,
-                "sigma_error": sigma_error(traj, schedule(traj.steps)),
-                **lab.metrics.image_scores(traj.x), "preview": viz.images_to_text(traj.x[:PREVIEW])}
+    traj, status = study.sample_cell(model(cell["model"]), cell, schedule, sigma_max=SIGMA_MAX,
+                                     sigma_estimate=cell["sigma_from"])
+    label = f"{cell['model']}, {cell['sigma_from']}, {cell['rule']}"
+    if traj is None:
+        return {"label": label, "status": status}
+    return {"label": label, "steps": traj.steps, "nfe": traj.nfe, "status": status,
+            "sigma_error": sigma_error(traj, schedule(traj.steps)),
+            **lab.metrics.image_scores(traj.x), "preview": viz.images_to_text(traj.x[:PREVIEW])}
 
 
 NOTEBOOK, PLOT = "05_dropping_the_timestep.ipynb", "fid_by_sigma_source.png"

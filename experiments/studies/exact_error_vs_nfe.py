@@ -52,9 +52,7 @@ def cells(fast: bool = False) -> list[dict]:
         [{"model": m}], RULES, budget=[5, 10, 20, 50], seed=[0, 1], samples=samples)]
 
 
-@functools.cache
-def model(name: str) -> lab.Denoiser:
-    return MODELS[name]()
+model = study.model_loader(**MODELS)
 
 
 @functools.lru_cache(maxsize=4)
@@ -63,7 +61,7 @@ def reference(name: str, samples: int, seed: int) -> SimpleNamespace:
     only in rule or budget share it): the starting noise, its exact ODE solution, exact
     samples and the two SW references."""
     m = model(name)
-    x = lab.noise((samples, m.dim), seed=seed, dtype=torch.float64) * SIGMA_MAX
+    x = study.start_noise(m, samples, seed, SIGMA_MAX, torch.float64)
     solution = exact_solution(m, x, SIGMA_MAX, 0.0)
     exact = m.sample(samples, seed=DATA_SEED + seed, dtype=torch.float64)
     other = m.sample(samples, seed=FLOOR_SEED + seed, dtype=torch.float64)
@@ -73,18 +71,17 @@ def reference(name: str, samples: int, seed: int) -> SimpleNamespace:
 
 
 def run_cell(cell: dict) -> dict:
-    with study.threads(1):
-        rule = lab.rules.get(cell["rule"], **cell["params"])
-        ref = reference(cell["model"], cell["samples"], cell["seed"])
-        out = {"label": rule.config_name, "stochastic": rule.stochastic,
-               "sw_floor": ref.sw_floor, "sw_ode": ref.sw_ode}
-        traj, status = study.try_sample_at_budget(model(cell["model"]), ref.x, rule,
-                                                  cell["budget"], schedule, seed=cell["seed"])
-        if traj is None:
-            return {**out, "status": status}
-        return {**out, "steps": traj.steps, "nfe": traj.nfe, "status": status,
-                "error_rms": None if rule.stochastic else rms_distance(traj.x, ref.solution),
-                "sw": sliced_wasserstein(traj.x, ref.exact)}
+    rule = lab.rules.get(cell["rule"], **cell["params"])
+    ref = reference(cell["model"], cell["samples"], cell["seed"])
+    out = {"label": rule.config_name, "stochastic": rule.stochastic,
+           "sw_floor": ref.sw_floor, "sw_ode": ref.sw_ode}
+    traj, status = study.sample_cell(model(cell["model"]), cell, schedule, sigma_max=SIGMA_MAX,
+                                     rule=rule, dtype=torch.float64)
+    if traj is None:
+        return {**out, "status": status}
+    return {**out, "steps": traj.steps, "nfe": traj.nfe, "status": status,
+            "error_rms": None if rule.stochastic else rms_distance(traj.x, ref.solution),
+            "sw": sliced_wasserstein(traj.x, ref.exact)}
 
 
 PLOTS = {"error_rms": "RMS distance to the exact ODE solution",

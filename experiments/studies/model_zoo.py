@@ -16,8 +16,6 @@ only its cells. ``--fast``: 64 samples, 4 steps, ``fashion-edm`` only.
 
 from __future__ import annotations
 
-import functools
-
 import lab
 from lab import io, study, viz
 
@@ -42,16 +40,14 @@ def cells(fast: bool = False) -> list[dict]:
                               for m, s in RUNS if m in present])
 
 
-@functools.cache
-def model(name: str):
-    return lab.load(name)
+model = study.model_loader()
 
 
 def run_cell(cell: dict) -> dict:
     m = model(cell["model"])
     source = cell["sigma_from"]
     sig = lab.schedules.karras(cell["steps"], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
-    x = lab.noise((cell["samples"], *m.sample_shape), seed=cell["seed"]) * sig[0]
+    x = study.start_noise(m, cell["samples"], cell["seed"], float(sig[0]))
     traj = lab.sample(m, x, sig, cell["rule"], record="final", sigma_estimate=source)
     out = {"label": f"{cell['model']}, {source}", "nfe": traj.nfe, "status": "ok",
            "preview": viz.images_to_text(traj.x[:PREVIEW])}

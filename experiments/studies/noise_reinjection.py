@@ -73,9 +73,7 @@ def _grid(fast: bool) -> list[dict]:
             + fashion + spread)
 
 
-@functools.cache
-def model(name: str) -> lab.Denoiser:
-    return lab.data.ring_mixture() if name == "mixture" else lab.load(name)
+model = study.model_loader(mixture=lab.data.ring_mixture)
 
 
 @functools.lru_cache(maxsize=4)
@@ -88,22 +86,18 @@ def exact(samples: int, seed: int) -> tuple[torch.Tensor, float]:
 
 
 def run_cell(cell: dict) -> dict:
-    m, mixture = model(cell["model"]), cell["model"] == "mixture"
+    mixture = cell["model"] == "mixture"
     rule = lab.rules.get(cell["rule"], **cell["params"])
-    dtype = torch.float64 if mixture else torch.float32
-    x = lab.noise((cell["samples"], *m.sample_shape), seed=cell["seed"], dtype=dtype) * SIGMA_MAX
     out = {"label": rule.config_name, "stochastic": rule.stochastic}
-    # one thread: as fast as two on a busy machine (2-D: faster), and kinder to the other core
-    with study.threads(1):
-        traj, status = study.try_sample_at_budget(m, x, rule, cell["budget"], schedule,
-                                                  seed=cell["seed"])
-        if traj is None:
-            return {**out, "status": status}
-        out.update(steps=traj.steps, nfe=traj.nfe, status=status)
-        if mixture:
-            data, floor = exact(cell["samples"], cell["seed"])
-            return {**out, "sw": sliced_wasserstein(traj.x, data), "sw_floor": floor}
-        return {**out, **lab.metrics.image_scores(traj.x)}
+    traj, status = study.sample_cell(model(cell["model"]), cell, schedule, sigma_max=SIGMA_MAX,
+                                     rule=rule, dtype=torch.float64 if mixture else torch.float32)
+    if traj is None:
+        return {**out, "status": status}
+    out.update(steps=traj.steps, nfe=traj.nfe, status=status)
+    if mixture:
+        data, floor = exact(cell["samples"], cell["seed"])
+        return {**out, "sw": sliced_wasserstein(traj.x, data), "sw_floor": floor}
+    return {**out, **lab.metrics.image_scores(traj.x)}
 
 
 METRICS = {"sw": "sliced Wasserstein distance to exact samples", "fid": "FID", "kid": "KID"}

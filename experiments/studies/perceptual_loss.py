@@ -39,25 +39,20 @@ def cells(fast: bool = False) -> list[dict]:
                                         budget=[10, 20], seed=0, samples=1024))
 
 
-@functools.cache
-def model(name: str):
-    return lab.load(name)
+model = study.model_loader()
 
 
 def run_cell(cell: dict) -> dict:
-    m = model(cell["model"])
-    x = lab.noise((cell["samples"], *m.sample_shape), seed=cell["seed"]) * SIGMA_MAX
-    with study.threads(1):
-        traj, status = study.try_sample_at_budget(m, x, cell["rule"], cell["budget"],
-                                                  schedule, seed=cell["seed"], record="all")
-        label = f"{cell['model']}, {cell['rule']}"
-        if traj is None:
-            return {"label": label, "status": status}
-        return {"label": label, "steps": traj.steps, "nfe": traj.nfe, "status": status,
-                **lab.metrics.image_scores(traj.x),
-                "x0_sigma": [float(s) for s in traj.sigmas[:-1]],
-                "x0_fid": [lab.metrics.image_scores(x0)["fid"] for x0 in traj.x0s],
-                "preview": viz.images_to_text(traj.x[:PREVIEW])}
+    traj, status = study.sample_cell(model(cell["model"]), cell, schedule, sigma_max=SIGMA_MAX,
+                                     record="all")
+    label = f"{cell['model']}, {cell['rule']}"
+    if traj is None:
+        return {"label": label, "status": status}
+    return {"label": label, "steps": traj.steps, "nfe": traj.nfe, "status": status,
+            **lab.metrics.image_scores(traj.x),
+            "x0_sigma": [float(s) for s in traj.sigmas[:-1]],
+            "x0_fid": [lab.metrics.image_scores(x0)["fid"] for x0 in traj.x0s],
+            "preview": viz.images_to_text(traj.x[:PREVIEW])}
 
 
 NOTEBOOK, PLOT = "06_perceptual_loss.ipynb", "fid.png"  # for results/README.md

@@ -30,8 +30,6 @@ hours: run it in the background, it resumes.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 import lab
@@ -74,9 +72,7 @@ def cells(fast: bool = False) -> list[dict]:
                                      if (c.get("rule"), c["budget"]) in size["spread"]])
 
 
-@functools.cache
-def model(name: str) -> lab.Denoiser:
-    return lab.load(name)
+model = study.model_loader()
 
 
 def schedule(n: int) -> torch.Tensor:
@@ -125,18 +121,16 @@ def run_cell(cell: dict) -> dict:
         r = lab.rules.get(cell["rule"], **cell["params"])
         out = {"label": r.config_name, "kind": "lab", "stochastic": r.stochastic}
     out.update(steps=None, nfe=None, fid=None, kid=None, kid_std=None)
-    noise = lab.noise((cell["samples"], *model(cell["model"]).sample_shape), seed=cell["seed"])
-    # one thread: as fast as two on a machine whose other core is busy, and kinder to it
-    with study.threads(1):
-        try:
-            x, nfe, steps = (sample_peer if "peer" in cell else sample_rule)(cell, noise)
-        except lab.NonFiniteError as err:
-            return {**out, "status": f"non-finite: {err}"}
-        if x is None:
-            return {**out, "status": "does not fit the budget"}
-        if not bool(torch.isfinite(x).all()):
-            return {**out, "steps": steps, "nfe": nfe, "status": "non-finite samples"}
-        return {**out, "steps": steps, "nfe": nfe, **lab.metrics.image_scores(x), "status": "ok"}
+    noise = study.start_noise(model(cell["model"]), cell["samples"], cell["seed"], 1.0)
+    try:
+        x, nfe, steps = (sample_peer if "peer" in cell else sample_rule)(cell, noise)
+    except lab.NonFiniteError as err:
+        return {**out, "status": f"non-finite: {err}"}
+    if x is None:
+        return {**out, "status": "does not fit the budget"}
+    if not bool(torch.isfinite(x).all()):
+        return {**out, "steps": steps, "nfe": nfe, "status": "non-finite samples"}
+    return {**out, "steps": steps, "nfe": nfe, **lab.metrics.image_scores(x), "status": "ok"}
 
 
 NOTEBOOK, PLOT = "02_optimizers_as_samplers.ipynb", "fid_vs_nfe.png"  # for results/README.md

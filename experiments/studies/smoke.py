@@ -39,31 +39,32 @@ def cells(fast: bool = False) -> list[dict]:
                       samples=512)
 
 
-def model(name: str) -> lab.Denoiser:
-    if name == "gaussian":
-        cov = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
-        return lab.models.Gaussian(torch.tensor([1.0, -0.5], dtype=torch.float64), cov)
-    if name == "mixture":
-        means = torch.tensor([[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]], dtype=torch.float64)
-        covs = torch.stack([torch.diag(torch.tensor(v, dtype=torch.float64))
-                            for v in ([0.3, 0.1], [0.2, 0.4], [0.25, 0.25])])
-        return lab.models.GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
-    raise ValueError(f"unknown model {name!r}")
+def gaussian() -> lab.Denoiser:
+    cov = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
+    return lab.models.Gaussian(torch.tensor([1.0, -0.5], dtype=torch.float64), cov)
+
+
+def mixture() -> lab.Denoiser:
+    means = torch.tensor([[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]], dtype=torch.float64)
+    covs = torch.stack([torch.diag(torch.tensor(v, dtype=torch.float64))
+                        for v in ([0.3, 0.1], [0.2, 0.4], [0.25, 0.25])])
+    return lab.models.GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
+
+
+model = study.model_loader(gaussian=gaussian, mixture=mixture)
 
 
 def schedule(n: int) -> torch.Tensor:
     return lab.schedules.karras(n, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
 
 
-def start(samples: int, seed: int) -> torch.Tensor:
-    return lab.noise((samples, 2), seed=seed, dtype=torch.float64) * SIGMA_MAX
-
-
 @functools.lru_cache(maxsize=8)
 def reference(name: str, samples: int, seed: int) -> torch.Tensor:
     """The exact probability-flow ODE solution from the cell's starting noise (cached:
     cells that differ only in rule or budget share it)."""
-    return exact_solution(model(name), start(samples, seed), SIGMA_MAX, 0.0)
+    m = model(name)
+    return exact_solution(m, study.start_noise(m, samples, seed, SIGMA_MAX, torch.float64),
+                          SIGMA_MAX, 0.0)
 
 
 def label(cell) -> str:
@@ -71,21 +72,18 @@ def label(cell) -> str:
 
 
 def run_cell(cell: dict) -> dict:
-    with study.threads(1):
-        m = model(cell["model"])
-        rule = lab.rules.get(cell["rule"], **cell["params"])
-        steps = lab.rules.steps_for_budget(rule, cell["budget"], schedule)
-        if steps is None:
-            return {"label": rule.config_name, "steps": None, "nfe": None, "error_rms": None,
-                    "sw": None, "status": "does not fit the budget"}
-        x = start(cell["samples"], cell["seed"])
-        traj = lab.sample(m, x, schedule(steps), rule, seed=cell["seed"], record="final")
-        exact = m.sample(cell["samples"], seed=10_000 + cell["seed"], dtype=torch.float64)
-        error = None if rule.stochastic else rms_distance(
-            traj.x, reference(cell["model"], cell["samples"], cell["seed"]))
-        return {"label": rule.config_name, "steps": steps, "nfe": traj.nfe, "error_rms": error,
-                "sw": sliced_wasserstein(traj.x, exact, projections=SW_PROJECTIONS),
-                "status": "ok"}
+    m = model(cell["model"])
+    rule = lab.rules.get(cell["rule"], **cell["params"])
+    traj, status = study.sample_cell(m, cell, schedule, sigma_max=SIGMA_MAX, rule=rule,
+                                     dtype=torch.float64)
+    if traj is None:
+        return {"label": rule.config_name, "steps": None, "nfe": None, "error_rms": None,
+                "sw": None, "status": status}
+    exact = m.sample(cell["samples"], seed=10_000 + cell["seed"], dtype=torch.float64)
+    error = None if rule.stochastic else rms_distance(
+        traj.x, reference(cell["model"], cell["samples"], cell["seed"]))
+    return {"label": rule.config_name, "steps": traj.steps, "nfe": traj.nfe, "error_rms": error,
+            "sw": sliced_wasserstein(traj.x, exact, projections=SW_PROJECTIONS), "status": status}
 
 
 def render(rows: list[dict], out_dir) -> None:
