@@ -298,6 +298,44 @@ def test_process_pool_backend_gives_the_in_process_rows(smoke_run, tmp_path):
 # ---- atomic writes ----------------------------------------------------------------------
 
 
+def test_an_atomic_write_fsyncs_the_file_then_its_folder_after_the_rename(tmp_path,
+                                                                         monkeypatch):
+    """Rename alone is atomic, not durable: the new name lives in the folder's data, so
+    the folder is fsynced after the rename (where the platform allows it)."""
+    import stat
+
+    real_fsync, real_replace, events = os.fsync, os.replace, []
+
+    def recording_fsync(fd):
+        mode = os.fstat(fd).st_mode
+        events.append(("fsync dir" if stat.S_ISDIR(mode) else "fsync file", fd))
+        return real_fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append(("rename", Path(dst).name))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    io.write_text(tmp_path / "a.txt", "x")
+    assert [e[0] for e in events] == ["fsync file", "rename", "fsync dir"]
+    assert (tmp_path / "a.txt").read_text() == "x"
+
+    real_open = os.open
+
+    def no_directories(path, flags, *args, **kwargs):  # Windows: a folder cannot be opened
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_directories)
+    events.clear()
+    io.write_text(tmp_path / "b.txt", "y")  # skipped gracefully: the write still lands
+    assert [e[0] for e in events] == ["fsync file", "rename"]
+    assert (tmp_path / "b.txt").read_text() == "y"
+    assert io.fsync_directory(tmp_path) is False
+
+
 def test_crash_in_the_rename_keeps_the_previous_rows(tmp_path, monkeypatch):
     s = fake(n=6)
     study.run(s, tmp_path, limit=3, progress=False)
