@@ -20,7 +20,6 @@ It is a benchmark, not a test: it prints and writes ``results/bench/bench.json``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -47,8 +46,7 @@ def _model_seconds(x: torch.Tensor, calls: int = 2000) -> float:
 
 
 def _diffusers_scheduler(rule: str, steps: int):
-    from diffusers import (DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                           HeunDiscreteScheduler)
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
     common = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
               "beta_start": 0.00085, "beta_end": 0.012, "use_karras_sigmas": True}

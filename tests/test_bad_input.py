@@ -81,6 +81,11 @@ def test_schedule_errors(call, match):
     (lambda: rules.get("optim", optimizer="LBFGS"), ValueError, "closure"),
     (lambda: rules.optim(torch.optim.SGD, momentum=-1.0), ValueError, "SGD"),
     (lambda: rules.optim(dict), TypeError, "Optimizer class"),
+    (lambda: rules.get("extrapolate", gamma=4.5), ValueError, r"gamma = 4.5 is outside"),
+    (lambda: rules.get("ghvb", r=0.0), ValueError, r"r = 0.0 is outside"),
+    (lambda: rules.get("ghvb", r=5), ValueError, r"r = 5 is outside"),
+    (lambda: rules.get("adam", normalize="max"), ValueError, "normalize must be one of"),
+    (lambda: rules.heavy_ball("rk4"), ValueError, "no single direction"),
 ])
 def test_rule_errors(call, err, match):
     with pytest.raises(err, match=match):

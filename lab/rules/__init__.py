@@ -5,8 +5,20 @@
     lab.rules.ancestral("heun", eta=0.5)       # noise wraps any deterministic rule
 """
 
-from .base import (Param, Rule, Wrapper, available, describe, get, is_final, nfe, resolve,
-                   steps_for_budget)
+from .base import (
+    DirectionRule,
+    Param,
+    Rule,
+    Wrapper,
+    available,
+    describe,
+    get,
+    is_final,
+    nfe,
+    resolve,
+    steps_for_budget,
+)
+from .lookahead import GHVB, IPNDM, Extrapolate, HeavyBall, ghvb_weights
 from .noise import Ancestral, AnnealedLangevin, Churn, Langevin, ancestral_step
 from .optimizers import Adam, Momentum, Nesterov, Plain, TorchOptim, closure_free_optimizers
 from .solvers import LMS, RK4, DPMSolverPP2M, Euler, Heun, Midpoint, lms_coefficients
@@ -27,15 +39,22 @@ def langevin(rule="euler", **params) -> Langevin:
     return Langevin(rule=rule, **params)
 
 
+def heavy_ball(rule="dpmpp_2m", **params) -> HeavyBall:
+    """Heavy ball on ``rule``'s direction; see :class:`HeavyBall`."""
+    return HeavyBall(rule=rule, **params)
+
+
 def optim(optimizer="SGD", lr_scale: float = 1.0, **optimizer_kwargs) -> TorchOptim:
     """Any torch.optim optimiser as a rule; see :class:`TorchOptim`."""
     return TorchOptim(optimizer, lr_scale=lr_scale, **optimizer_kwargs)
 
 
 __all__ = [
-    "Param", "Rule", "Wrapper", "available", "describe", "get", "nfe", "resolve",
-    "steps_for_budget", "is_final", "closure_free_optimizers", "ancestral", "churn", "langevin", "optim", "ancestral_step",
+    "Param", "Rule", "DirectionRule", "Wrapper", "available", "describe", "get", "nfe",
+    "resolve", "steps_for_budget", "is_final", "closure_free_optimizers", "ghvb_weights",
+    "ancestral", "churn", "langevin", "heavy_ball", "optim", "ancestral_step",
     "Euler", "Heun", "Midpoint", "RK4", "LMS", "DPMSolverPP2M", "lms_coefficients",
     "Plain", "Momentum", "Nesterov", "Adam", "TorchOptim",
+    "Extrapolate", "GHVB", "IPNDM", "HeavyBall",
     "Ancestral", "Churn", "Langevin", "AnnealedLangevin",
 ]

@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-__all__ = ["Param", "Rule", "Wrapper", "available", "get", "describe", "resolve", "nfe",
-           "steps_for_budget", "is_final", "per_sample_norm"]
+__all__ = ["Param", "Rule", "DirectionRule", "Wrapper", "available", "get", "describe",
+           "resolve", "nfe", "steps_for_budget", "is_final", "per_sample_norm"]
 
 _REGISTRY: dict[str, type[Rule]] = {}
 
@@ -174,6 +174,34 @@ class Wrapper(Rule):
 
     def calls(self, sigma, sigma_next):
         return self.inner.calls(sigma, sigma_next)
+
+
+class DirectionRule(Rule):
+    """A one-call rule split in two: :meth:`direction` reads the model (and the rule's
+    history) into a direction, :meth:`move` follows it from ``sigma`` to ``sigma_next``.
+
+    The default move is the gradient step ``x + (sigma_next - sigma) d`` (``d`` an eps);
+    rules extrapolating the data prediction instead move ``d + (sigma_next / sigma)(x - d)``
+    (``d`` an x0). The split lets a wrapper act on the direction alone: heavy ball on top
+    of a solver (:class:`lab.rules.HeavyBall`) averages directions, whatever they are.
+    """
+
+    #: What the direction is: "eps" (a gradient) or "x0" (a data prediction).
+    direction_kind: ClassVar[str] = "eps"
+
+    def direction(self, model, x: Tensor, sigma: Tensor, sigma_next: Tensor
+                  ) -> tuple[Tensor, Tensor]:
+        """``(d, x0_hat)``: the direction of this step and the denoiser's output."""
+        raise NotImplementedError
+
+    def move(self, x: Tensor, d: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        if self.direction_kind == "x0":  # exactly d when sigma_next = 0
+            return d + sigma_next / sigma * (x - d)
+        return x + (sigma_next - sigma) * d
+
+    def step(self, model, x, sigma, sigma_next, noise):
+        d, x0 = self.direction(model, x, sigma, sigma_next)
+        return self.move(x, d, sigma, sigma_next), x0
 
 
 def available(kind: str | None = None) -> list[str]:

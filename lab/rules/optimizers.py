@@ -11,6 +11,8 @@ import functools
 import inspect
 
 import torch
+
+from ..tensors import per_sample
 from .base import Param, Rule
 from .solvers import derivative
 
@@ -95,6 +97,10 @@ class Adam(GradientRule):
     ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
     ``x - lr * m_hat / (sqrt(v_hat) + eps)``. ``betas = (0, 0)`` is sign descent.
     The step moves each pixel by about ``lr``, whatever the gradient's size.
+    ``normalize="mean"`` rescales the preconditioner ``1 / (sqrt(v_hat) + eps)`` to mean
+    1 over each sample's pixels: the step keeps the gradient's size (at ``betas[0] = 0``
+    a gradient of uniform magnitude gives the plain step) and only its per-pixel shape
+    changes, a fair test of per-pixel adaptivity.
     Equals ``torch.optim.Adam`` run through the ``optim`` adapter. 1 NFE per step.
     Kingma & Ba 2015.
     """
@@ -102,7 +108,9 @@ class Adam(GradientRule):
     name = "adam"
     params = (LR_SCALE,
               Param("betas", (0.9, 0.999), 0.0, 0.9999, doc="moment decays"),
-              Param("eps", 1e-8, 0.0, 1.0, doc="added to sqrt(v_hat)", log=True))
+              Param("eps", 1e-8, 0.0, 1.0, doc="added to sqrt(v_hat)", log=True),
+              Param("normalize", "none", choices=("none", "mean"),
+                    doc="'mean': rescale the preconditioner to mean 1 per sample"))
 
     def reset(self, sigmas=None):
         self.m = self.v = 0.0
@@ -115,7 +123,10 @@ class Adam(GradientRule):
         self.v = b2 * self.v + (1 - b2) * g * g
         m_hat = self.m / (1 - b1**self.t)
         v_hat = self.v / (1 - b2**self.t)
-        return x - lr * m_hat / (v_hat.sqrt() + self.eps)
+        denom = v_hat.sqrt() + self.eps
+        if self.normalize == "mean":  # the preconditioner 1/denom gets mean 1 per sample
+            denom = denom * per_sample(denom.reciprocal().flatten(1).mean(1), x)
+        return x - lr * m_hat / denom
 
 
 def _needs_closure(optimizer: type[torch.optim.Optimizer]) -> bool:

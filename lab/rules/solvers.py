@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..tensors import per_sample
-from .base import Param, Rule, is_final
+from .base import DirectionRule, Param, Rule, is_final
 
 
 def derivative(model, x, sigma):
@@ -24,7 +24,7 @@ def derivative(model, x, sigma):
     return (x - x0) / sigma, x0
 
 
-class Euler(Rule):
+class Euler(DirectionRule):
     """Euler on the probability-flow ODE; identical to deterministic DDIM.
 
     Order 1, 1 NFE per step. Karras et al. 2022 (EDM), eq. 4; Song et al. 2021 (DDIM).
@@ -32,9 +32,8 @@ class Euler(Rule):
 
     name = "euler"
 
-    def step(self, model, x, sigma, sigma_next, noise):
-        d, x0 = derivative(model, x, sigma)
-        return x + (sigma_next - sigma) * d, x0
+    def direction(self, model, x, sigma, sigma_next):
+        return derivative(model, x, sigma)
 
 
 class Heun(Rule):
@@ -100,7 +99,7 @@ class RK4(Rule):
         return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), x0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gauss_legendre(points: int) -> tuple[Tensor, Tensor]:
     nodes, weights = np.polynomial.legendre.leggauss(points)
     return torch.from_numpy(nodes)[:, None], torch.from_numpy(weights)[:, None]
@@ -131,7 +130,7 @@ def lms_coefficients(history_sigmas, sigma, sigma_next) -> Tensor:
     return half * (w * numer).sum(1) / denom
 
 
-class LMS(Rule):
+class LMS(DirectionRule):
     """Linear multistep (Adams-Bashforth with variable steps in sigma).
 
     Order k = ``order`` once k derivatives are stored (order grows 1, 2, ... as the
@@ -145,15 +144,16 @@ class LMS(Rule):
     def reset(self, sigmas=None):
         self.history = []  # (sigma of the call, derivative), newest first
 
-    def step(self, model, x, sigma, sigma_next, noise):
+    def direction(self, model, x, sigma, sigma_next):
         d, x0 = derivative(model, x, sigma)
         self.history = [(sigma, d), *self.history][: self.order]
         coeffs = lms_coefficients([s for s, _ in self.history], sigma, sigma_next)
-        return x + sum(per_sample(c.to(x.dtype), x) * dj
-                       for c, (_, dj) in zip(coeffs, self.history)), x0
+        # x_next = x + sum_j c_j d_j, written as a move along the mean slope
+        step = sum(per_sample(c.to(x.dtype), x) * dj for c, (_, dj) in zip(coeffs, self.history))
+        return step / (sigma_next - sigma), x0
 
 
-class DPMSolverPP2M(Rule):
+class DPMSolverPP2M(DirectionRule):
     """DPM-Solver++(2M): second-order multistep in ``t = -log sigma`` on x0_hat.
 
     Order 2, 1 NFE per step; the first step is first order and the step to sigma = 0
@@ -161,18 +161,16 @@ class DPMSolverPP2M(Rule):
     """
 
     name = "dpmpp_2m"
+    direction_kind = "x0"  # x_next = D + (sigma_next / sigma)(x - D) = (s'/s) x - expm1(-h) D
 
     def reset(self, sigmas=None):
         self.previous = None  # (sigma of the call, x0_hat)
 
-    def step(self, model, x, sigma, sigma_next, noise):
+    def direction(self, model, x, sigma, sigma_next):
         x0 = model(x, sigma)
         previous, self.previous = self.previous, (sigma, x0)
-        if is_final(sigma_next):
+        if previous is None or is_final(sigma_next):
             return x0, x0
         h = (sigma / sigma_next).log()
-        denoised = x0
-        if previous is not None:
-            half_inv_r = h / (previous[0] / sigma).log() / 2  # 1 / (2 r)
-            denoised = (1 + half_inv_r) * x0 - half_inv_r * previous[1]
-        return sigma_next / sigma * x - torch.expm1(-h) * denoised, x0
+        half_inv_r = h / (previous[0] / sigma).log() / 2  # 1 / (2 r)
+        return (1 + half_inv_r) * x0 - half_inv_r * previous[1], x0
