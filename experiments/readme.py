@@ -2,7 +2,8 @@
 
 Per study, in the order of :data:`ORDER`: the question (its docstring's first line), a
 headline generated from its rows (the module's ``headline(rows)``), its main plot
-(``PLOT``), links to its full ``summary.md`` and its notebook (``NOTEBOOK``), and the
+(``PLOT``), links to its full ``summary.md`` and its notebook (``NOTEBOOK``): the
+contract :class:`lab.study.ReportedStudy`; and the
 reading: ``results/<study>/READING.md``, the one part a person writes, after looking at
 the numbers. A study without a finished full run is listed with the command that runs it.
 """
@@ -21,6 +22,7 @@ ORDER = ["rules_vs_nfe", "exact_error_vs_nfe", "dropping_timestep", "perceptual_
 
 def section(name: str, results=RESULTS) -> list[str]:
     module = load(name)
+    study.check_study(module, study.ReportedStudy)
     out = Path(results) / name
     question = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
     rows = study.read_rows(out / study.ROWS) if (out / study.ROWS).exists() else []
