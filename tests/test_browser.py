@@ -1,14 +1,17 @@
-"""A real browser drives notebooks/04_trajectories_2d.ipynb in JupyterLab.
+"""A real browser drives notebooks in JupyterLab.
 
 JupyterLab runs on 127.0.0.1 (a free port, no token, a temporary root, runtime, config and
 settings folder, so the checkout's notebook is never modified); headless Chromium
 (Debian's ``/usr/bin/chromium`` through Playwright's ``executable_path``; never
-``playwright install``) opens a copy of the notebook, runs all cells in fast mode
-(``LAB_FAST=1``), moves the first step slider with the keyboard and checks that the plot
-image and the ``step k/N`` readout change. Screenshots go to ``results/browser/``.
+``playwright install``) opens a copy of a notebook and runs all cells in fast mode
+(``LAB_FAST=1``). In ``04_trajectories_2d`` it moves the first step slider with the
+keyboard and checks that the plot image and the ``step k/N`` readout change; in
+``05_dropping_the_timestep`` it checks that the rule panel's "sigma from" dropdown shows
+its value when the panel opens and after each choice. Screenshots go to
+``results/browser/``.
 
-Without Chromium or Playwright the test is skipped, except under ``CI=true``, where it
-must run. Budget: about a minute on 2 busy cores; it fails past ``BUDGET`` seconds.
+Without Chromium or Playwright the tests are skipped, except under ``CI=true``, where they
+must run. Budget: about a minute each on 2 busy cores; each fails past ``BUDGET`` seconds.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "04_trajectories_2d.ipynb"
+NOTEBOOKS = ROOT / "notebooks"
 SHOTS = ROOT / "results" / "browser"
 CHROMIUM = os.environ.get("LAB_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync",
          "--disable-dev-shm-usage"]
-BUDGET = 150.0  # seconds for the whole test; typically 30-60
+BUDGET = 150.0  # seconds for each test; typically 30-60
 IN_CI = os.environ.get("CI", "").lower() == "true"
 #: JupyterLab user settings: start the notebook's kernel without asking, fetch no news
 SETTINGS = {"@jupyterlab/notebook-extension/tracker": {"autoStartDefaultKernel": True,
@@ -75,7 +78,9 @@ def _kernel_idle(page, timeout_ms: int):
                            state="attached", timeout=timeout_ms)
 
 
-def test_scrubber_in_jupyterlab(tmp_path):
+def _in_jupyterlab(tmp_path, notebook: str, drive):
+    """Open ``notebooks/<notebook>`` in JupyterLab in headless Chromium, run all its cells
+    and hand the page to ``drive(page)``; a failure leaves a screenshot."""
     _need(os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK),
           f"no Chromium at {CHROMIUM} (apt install chromium)")
     try:
@@ -85,7 +90,7 @@ def test_scrubber_in_jupyterlab(tmp_path):
     start = time.monotonic()
     SHOTS.mkdir(parents=True, exist_ok=True)
 
-    server = _JupyterLab(tmp_path)
+    server = _JupyterLab(tmp_path, NOTEBOOKS / notebook)
     url = server.start()
     try:
         with sync_playwright() as p:
@@ -94,23 +99,33 @@ def test_scrubber_in_jupyterlab(tmp_path):
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.set_default_timeout(60_000)
                 try:
-                    _drive(page, url)
+                    _run_all_cells(page, url, notebook)
+                    drive(page)
                 except Exception:
-                    page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+                    page.screenshot(path=str(SHOTS / f"failure_{Path(notebook).stem}.png"),
+                                    full_page=True)
                     raise
             finally:
                 browser.close()
     finally:
         server.stop()
     elapsed = time.monotonic() - start
-    print(f"browser test took {elapsed:.1f} s")
+    print(f"browser test of {notebook} took {elapsed:.1f} s")
     assert elapsed < BUDGET, f"browser test took {elapsed:.0f} s (budget {BUDGET:.0f} s)"
 
 
-def _drive(page, url: str):
+def test_scrubber_in_jupyterlab(tmp_path):
+    _in_jupyterlab(tmp_path, "04_trajectories_2d.ipynb", _drive_scrubber)
+
+
+def test_sigma_from_dropdown_shows_its_value(tmp_path):
+    _in_jupyterlab(tmp_path, "05_dropping_the_timestep.ipynb", _drive_sigma_from)
+
+
+def _run_all_cells(page, url: str, notebook: str):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    page.goto(url + "lab/tree/" + NOTEBOOK.name, wait_until="domcontentloaded")
+    page.goto(url + "lab/tree/" + notebook, wait_until="domcontentloaded")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
     # should the kernel dialog come up all the same, accept the notebook's kernel
     dialog = page.locator(".jp-Dialog .jp-mod-accept")
@@ -128,6 +143,8 @@ def _drive(page, url: str):
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
 
+
+def _drive_scrubber(page):
     slider = page.locator(".lab-scrubber-slider").first
     readout = page.locator(".lab-scrubber-readout").first
     image = page.locator("img.lab-scrubber-image").first
@@ -154,6 +171,7 @@ def _drive(page, url: str):
     handle.click()
     for _ in range(3):
         handle.press("ArrowLeft")
+    pressed = time.monotonic()
     target = n - 3
     page.wait_for_function(
         f"() => (document.querySelector('.lab-scrubber-readout')?.textContent || '')"
@@ -162,6 +180,7 @@ def _drive(page, url: str):
         "(before) => { const img = document.querySelector('img.lab-scrubber-image');"
         " return img && img.src !== before && img.complete && img.naturalWidth > 0; }",
         arg=src_before, timeout=30_000)
+    print(f"the plot caught up {time.monotonic() - pressed:.2f} s after the third key press")
     text_after = readout.text_content()
     assert f"step {target}/{n}" in text_after, text_after
     assert "sigma" in text_after and "NFE" in text_after, text_after
@@ -172,18 +191,43 @@ def _drive(page, url: str):
     page.screenshot(path=str(SHOTS / "04_trajectories_2d_page.png"))
 
 
+#: What a <select> shows: its selected option's text, "" when nothing is selected (an
+#: ipywidgets Dropdown whose value is not among its options, e.g. None, shows blank).
+SHOWN = "s => s.selectedIndex >= 0 ? s.options[s.selectedIndex].text : ''"
+
+
+def _drive_sigma_from(page):
+    # found by its label, as a reader finds it
+    box = page.locator(".widget-dropdown", has=page.locator("label", has_text="sigma from"))
+    select = box.locator("select").first
+    select.wait_for(state="visible", timeout=120_000)
+    _kernel_idle(page, 120_000)  # every cell ran: the kernel answers each choice at once
+    select.scroll_into_view_if_needed()
+    options = select.evaluate("s => Array.from(s.options, o => o.text)")
+    assert options == ["schedule", "rms"], options
+    assert select.evaluate(SHOWN) == "schedule", "the dropdown is blank when the panel opens"
+    for choice in ("rms", "schedule"):
+        select.select_option(label=choice)
+        _kernel_idle(page, 30_000)
+        page.wait_for_timeout(500)  # the kernel's echo of the value has come back
+        shown = select.evaluate(SHOWN)
+        assert shown == choice, f"after choosing {choice!r} the dropdown shows {shown!r}"
+    box.screenshot(path=str(SHOTS / "05_sigma_from.png"))
+
+
 class _JupyterLab:
     """Start/stop wrapper around the server (kept outside pytest fixtures so the
     browser test can report its own total time)."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, notebook: Path):
         self.tmp = tmp_path
+        self.notebook = notebook
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> str:
         root = self.tmp / "root"
         root.mkdir()
-        shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+        shutil.copy(self.notebook, root / self.notebook.name)
         env = dict(os.environ, LAB_FAST="1", OMP_WAIT_POLICY="PASSIVE",
                    JUPYTER_RUNTIME_DIR=str(self.tmp / "runtime"),
                    JUPYTER_CONFIG_DIR=str(self.tmp / "config"),

@@ -208,37 +208,87 @@ def test_scrubber_draws_each_frame_once_back_and_forth(mix):
     assert len(set(shown.values())) == len(shown)  # and every step looks different
 
 
-def test_scrubber_prerenders_while_the_event_loop_is_idle(mix):
-    """In a kernel (a running asyncio loop) the frames are drawn between messages, nearest
-    to the one on show first; afterwards scrubbing draws nothing."""
+def _idle(seconds: float, make=None):
+    """Run ``make()`` inside a running asyncio loop (as in a kernel), then let the loop
+    idle for ``seconds``; returns what ``make`` returned."""
     import asyncio
 
-    traj = reference(mix, "heun", 5, seed=1)
+    async def main():
+        out = make() if make else None
+        await asyncio.sleep(seconds)
+        return out
 
-    async def open_and_idle():
-        scrub = TrajectoryScrubber(None, mix)
-        drawn = _count_draws(scrub)
+    return asyncio.run(main())
+
+
+def test_scrubber_prerenders_while_the_event_loop_is_idle(mix, monkeypatch):
+    """In a kernel (a running asyncio loop) the frames are drawn while it idles, nearest
+    to the one on show first; afterwards scrubbing draws nothing."""
+    drawer = lw.scrubber.IdleDrawer(gap=0.0, quiet=0.0)
+    monkeypatch.setattr(lw.scrubber, "IDLE_DRAWER", drawer)
+    traj = reference(mix, "heun", 5, seed=1)
+    scrub = TrajectoryScrubber(None, mix)
+    drawn = _count_draws(scrub)
+
+    def open_it():
         scrub.set_trajectory(traj)
         assert drawn == [5]  # the step on show is drawn at once, the rest later
-        for _ in range(20):  # turns of the loop: one frame each
-            await asyncio.sleep(0)
-        return scrub, drawn
+        return scrub
 
-    scrub, drawn = asyncio.run(open_and_idle())
-    assert drawn == [5, 4, 3, 2, 1, 0]
+    _idle(0.5, open_it)
+    assert drawn == [5, 4, 3, 2, 1, 0] and drawer.queue == []
     for k in [0, 3, 5, 1]:
         scrub.slider.value = k
         assert scrub.image.value == scrub.frame(k) and f"step {k}/5" in scrub.readout.value
     assert len(drawn) == 6  # nothing drawn twice
     off = TrajectoryScrubber(None, mix, prerender=False)
-
-    async def idle_off():
-        off.set_trajectory(traj)
-        for _ in range(10):
-            await asyncio.sleep(0)
-
-    asyncio.run(idle_off())
+    _idle(0.2, lambda: off.set_trajectory(traj))
     assert list(off._frames) == [5]
+    TrajectoryScrubber(traj, mix)  # outside a running loop (a script) nothing is queued
+    assert drawer.queue == []
+
+
+def test_one_idle_drawer_serves_every_scrubber_newest_first(mix, monkeypatch):
+    drawer = lw.scrubber.IdleDrawer(gap=0.0, quiet=0.0)
+    monkeypatch.setattr(lw.scrubber, "IDLE_DRAWER", drawer)
+    order = []
+
+    def logged(name, scrub):
+        draw = scrub.figure
+        scrub.figure = lambda k=None: order.append((name, k)) or draw(k)
+        return scrub
+
+    first, second = (logged(name, TrajectoryScrubber(None, mix)) for name in "ab")
+
+    def open_both():
+        first.set_trajectory(reference(mix, "euler", 3, seed=0))
+        second.set_trajectory(reference(mix, "euler", 2, seed=0))
+        assert drawer.queue == [second, first]
+
+    _idle(0.5, open_both)
+    # each shows its last step at once; then the newest scrubber's frames come first
+    assert order == [("a", 3), ("b", 2), ("b", 1), ("b", 0), ("a", 2), ("a", 1), ("a", 0)]
+    # a slider that just moved holds the drawer off, so the kernel answers it first
+    waiting = lw.scrubber.IdleDrawer(gap=0.0, quiet=30.0)
+    monkeypatch.setattr(lw.scrubber, "IDLE_DRAWER", waiting)
+    third = logged("c", TrajectoryScrubber(None, mix))
+
+    def open_and_slide():
+        third.set_trajectory(reference(mix, "euler", 3, seed=0))
+        third.slider.value = 1
+
+    _idle(0.3, open_and_slide)
+    assert [k for name, k in order if name == "c"] == [3, 1]
+    # the scrubber whose slider moved last is drawn first
+    assert waiting.queue == [third]
+
+    def slide_an_older_one():
+        waiting.add(first)
+        assert waiting.queue == [first, third]
+        third.slider.value = 2
+        assert waiting.queue == [third, first]
+
+    _idle(0.0, slide_an_older_one)
 
 
 def _titles_inside_the_figure(fig) -> list[str]:

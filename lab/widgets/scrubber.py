@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import html
 import math
+import time
 from collections.abc import Mapping
 
 import ipywidgets as widgets
@@ -108,7 +109,6 @@ class TrajectoryScrubber(Displayed):
         self.show_x0, self.view, self.density_sigma = show_x0, view, density_sigma
         self.bandwidth, self.resolution, self.dpi = bandwidth, resolution, dpi
         self.panel_size, self.title, self.prerender = tuple(panel_size), title, prerender
-        self._prerendering = False
         self.trajectories: dict[str, Trajectory] = {}
         self._frames: dict[int, bytes] = {}
         self._grids: dict[float, tuple] = {}
@@ -159,7 +159,8 @@ class TrajectoryScrubber(Displayed):
             self.show(self.steps)
         else:
             self.slider.value = self.steps  # the observer draws it
-        self._prerender_when_idle()
+        if self.prerender:
+            IDLE_DRAWER.add(self)
 
     @property
     def value(self) -> int:
@@ -332,26 +333,67 @@ class TrajectoryScrubber(Displayed):
 
     def _on_slide(self, change):
         if self.trajectories:
+            IDLE_DRAWER.touched(self)
             self.show(change["new"])
 
-    def _prerender_when_idle(self) -> None:
-        """Start drawing the frames not yet cached, one per turn of the running event loop
-        (a kernel's), so messages from the slider are served between two frames. Without
-        a running loop nothing happens: frames are drawn when first shown."""
-        if not self.prerender or self._prerendering:
-            return
+    def missing_frame(self) -> int | None:
+        """The undrawn step nearest to the one on show, or None when all are drawn."""
+        if not self.trajectories:
+            return None
+        missing = [k for k in range(self.steps + 1) if k not in self._frames]
+        return min(missing, key=lambda k: abs(k - self.value)) if missing else None
+
+
+class IdleDrawer:
+    """Draws the scrubbers' missing frames while a running event loop (a Jupyter kernel's)
+    is idle: one frame at a time, the newest scrubber first, with ``gap`` seconds between
+    frames and ``quiet`` seconds after a slider moved, so the kernel answers the slider
+    (and runs cells) between two frames. With no running loop it does nothing: frames are
+    then drawn when first shown. One drawer serves every scrubber, so several scrubbers
+    in a notebook never draw more than one frame per turn of the loop."""
+
+    def __init__(self, gap: float = 0.05, quiet: float = 0.5):
+        self.gap, self.quiet = gap, quiet
+        self.queue: list[TrajectoryScrubber] = []
+        self._scheduled = False
+        self._last_touch = -math.inf
+
+    def add(self, scrubber: TrajectoryScrubber) -> None:
+        """Queue ``scrubber``'s missing frames, ahead of the scrubbers queued before."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._prerendering = True
-        loop.call_soon(self._prerender_next)
+        if scrubber in self.queue:
+            self.queue.remove(scrubber)
+        self.queue.insert(0, scrubber)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_later(self.gap, self._draw_one)
 
-    def _prerender_next(self) -> None:
-        missing = [k for k in range(self.steps + 1) if k not in self._frames] \
-            if self.trajectories else []
-        self._prerendering = False  # stays so if this frame fails, or none is missing
-        if missing:
-            self.frame(min(missing, key=lambda k: abs(k - self.value)))  # nearest first
-            self._prerendering = True
-            asyncio.get_running_loop().call_soon(self._prerender_next)
+    def touched(self, scrubber: TrajectoryScrubber) -> None:
+        """``scrubber``'s slider moved: the user is waiting on the kernel, so hold off for
+        a moment; then draw this scrubber's frames first."""
+        self._last_touch = time.monotonic()
+        if scrubber.prerender:
+            self.add(scrubber)
+
+    def _draw_one(self) -> None:
+        self._scheduled = False
+        wait = self._last_touch + self.quiet - time.monotonic()
+        if wait <= 0:
+            while self.queue and self.queue[0].missing_frame() is None:
+                self.queue.pop(0)
+            if not self.queue:
+                return
+            scrubber = self.queue[0]
+            try:
+                scrubber.frame(scrubber.missing_frame())
+            except Exception:  # noqa: BLE001 - shown, the frame raises where it is seen
+                self.queue.pop(0)
+        self._scheduled = True
+        asyncio.get_running_loop().call_later(max(wait, self.gap), self._draw_one)
+
+
+#: The one drawer of this process.
+IDLE_DRAWER = IdleDrawer()
