@@ -149,3 +149,22 @@ def uniform(n):
 ], ids=["ipndm-karras", "ipndm-uniform", "ghvb2", "ghvb1.5", "extrapolate2"])
 def test_orders_of_convergence(gaussian, rule, schedule, low, high):
     assert low <= slope_on(gaussian, rule, schedule) <= high
+
+
+def test_afs_answers_the_first_call_without_the_model(mixture):
+    sig = lab.schedules.karras(6, sigma_max=40.0)
+    x = lab.noise((4, 2), seed=0, dtype=torch.float64) * sig[0]
+    afs = rules.get("afs", rule="euler", scale=2.0)
+    traj = lab.sample(mixture, x, sig, afs)
+    assert traj.nfe == 5 == rules.nfe(afs, sig) == rules.nfe("euler", sig) - 1
+    s0, s1 = float(sig[0]), float(sig[1])
+    assert (traj.xs[1] - (x + (s1 - s0) * x / (s0**2 + 4.0) ** 0.5)).abs().max().item() < TOL
+    rest = lab.sample(mixture, traj.xs[1], sig[1:], "euler")  # then plain Euler
+    assert (rest.x - traj.x).abs().max().item() < TOL
+
+
+def test_afs_buys_a_step_at_a_fixed_budget():
+    karras = lab.schedules.karras
+    assert rules.steps_for_budget("dpmpp_2m", 5, karras) == 5
+    assert rules.steps_for_budget(rules.get("afs"), 5, karras) == 6
+    assert rules.steps_for_budget(rules.ancestral(rules.get("afs", rule="heun")), 5, karras) == 3

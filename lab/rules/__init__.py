@@ -18,7 +18,7 @@ from .base import (
     resolve,
     steps_for_budget,
 )
-from .lookahead import GHVB, IPNDM, Extrapolate, HeavyBall, ghvb_weights
+from .lookahead import GHVB, IPNDM, AnalyticFirstStep, Extrapolate, HeavyBall, ghvb_weights
 from .noise import Ancestral, AnnealedLangevin, Churn, Langevin, ancestral_step
 from .optimizers import Adam, Momentum, Nesterov, Plain, TorchOptim, closure_free_optimizers
 from .solvers import LMS, RK4, DPMSolverPP2M, Euler, Heun, Midpoint, lms_coefficients
@@ -55,6 +55,6 @@ __all__ = [
     "ancestral", "churn", "langevin", "heavy_ball", "optim", "ancestral_step",
     "Euler", "Heun", "Midpoint", "RK4", "LMS", "DPMSolverPP2M", "lms_coefficients",
     "Plain", "Momentum", "Nesterov", "Adam", "TorchOptim",
-    "Extrapolate", "GHVB", "IPNDM", "HeavyBall",
+    "Extrapolate", "GHVB", "IPNDM", "HeavyBall", "AnalyticFirstStep",
     "Ancestral", "Churn", "Langevin", "AnnealedLangevin",
 ]

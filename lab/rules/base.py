@@ -121,6 +121,10 @@ class Rule:
         budgets are planned before a run). The last step may be cheaper."""
         return 1
 
+    def schedule_calls(self, sigmas: list[float]) -> int:
+        """Model calls over a whole schedule (a rule may save calls across steps)."""
+        return sum(self.calls(a, b) for a, b in zip(sigmas[:-1], sigmas[1:]))
+
     @property
     def config(self) -> dict:
         out = {}
@@ -174,6 +178,12 @@ class Wrapper(Rule):
 
     def calls(self, sigma, sigma_next):
         return self.inner.calls(sigma, sigma_next)
+
+    def schedule_calls(self, sigmas):
+        # the inner rule's count, plus what this wrapper adds step by step
+        pairs = list(zip(sigmas[:-1], sigmas[1:]))
+        return self.inner.schedule_calls(sigmas) + sum(
+            self.calls(a, b) - self.inner.calls(a, b) for a, b in pairs)
 
 
 class DirectionRule(Rule):
@@ -239,9 +249,7 @@ def resolve(rule) -> Rule:
 
 def nfe(rule, sigmas) -> int:
     """Model calls ``rule`` makes over a schedule, without running it."""
-    rule = resolve(rule)
-    s = [float(v) for v in sigmas]
-    return sum(rule.calls(a, b) for a, b in zip(s[:-1], s[1:]))
+    return resolve(rule).schedule_calls([float(v) for v in sigmas])
 
 
 def steps_for_budget(rule, budget: int, schedule, max_steps: int = 10_000) -> int | None:

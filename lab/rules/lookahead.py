@@ -130,3 +130,43 @@ class HeavyBall(Wrapper):
         v = d if self.velocity is None else self.beta * self.velocity + (1 - self.beta) * d
         self.velocity = v
         return self.inner.move(x, v, sigma, sigma_next), x0
+
+
+class AnalyticFirstStep(Wrapper):
+    """The first model call, at the schedule's largest sigma, replaced by the denoiser of
+    data with rms ``scale`` seen from far away: ``d_0 = x / sqrt(sigma^2 + scale^2)``
+    (``D = x - sigma d_0``). At sigma_max = 80 the model has almost nothing to say, so
+    the call saved buys one more step elsewhere. ``scale = 1`` is data of unit scale;
+    Fashion-MNIST in [-1, 1] has rms 0.83. NFE of the wrapped rule, less one.
+    AFS: Dockhorn et al. 2023 (GENIE); Zhou et al. 2024 (AMED-Solver).
+    """
+
+    name = "afs"
+    stochastic = False
+    params = (Param("rule", "dpmpp_2m", doc="the rule whose first call it replaces"),
+              Param("scale", 1.0, 0.01, 10.0, doc="rms of the data the first step assumes"))
+
+    def __init__(self, rule="dpmpp_2m", **kwargs):
+        super().__init__(rule=rule, **kwargs)
+
+    def reset(self, sigmas=None):
+        super().reset(sigmas)
+        self.first = True
+
+    def schedule_calls(self, sigmas):
+        return super().schedule_calls(sigmas) - 1
+
+    def step(self, model, x, sigma, sigma_next, noise):
+        if not self.first:
+            return self.inner.step(model, x, sigma, sigma_next, noise)
+        self.first = False
+        answered = False
+
+        def model_after_first_call(x_, s_):
+            nonlocal answered
+            if answered:
+                return model(x_, s_)
+            answered = True
+            return x_ - s_ * x_ / (s_**2 + self.scale**2).sqrt()
+
+        return self.inner.step(model_after_first_call, x, sigma, sigma_next, noise)
