@@ -23,13 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from . import zoo
-from .zoo import register
+from .registry import register
+from .tensors import per_sample, rms
 
 __all__ = ["SigmaRegressor", "RMSHeuristic", "resolve", "relative_error"]
-
-
-def _rms(x: Tensor) -> Tensor:
-    return x.flatten(1).pow(2).mean(1).sqrt()
 
 
 class RMSHeuristic:
@@ -41,7 +38,7 @@ class RMSHeuristic:
         self.sd, self.sigma_min = float(sd), float(sigma_min)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return (_rms(x) ** 2 - self.sd**2).clamp_min(self.sigma_min**2).sqrt()
+        return (rms(x) ** 2 - self.sd**2).clamp_min(self.sigma_min**2).sqrt()
 
     def __repr__(self):
         return f"rms(sd={self.sd:g})"
@@ -68,14 +65,18 @@ class SigmaRegressor(nn.Module):
         return cls(**config)
 
     def log_sigma(self, x: Tensor) -> Tensor:
-        r = _rms(x).clamp_min(1e-8)
-        h = self.features(x / r.reshape(-1, *([1] * (x.ndim - 1))))
+        r = rms(x).clamp_min(1e-8)
+        h = self.features(x / per_sample(r, x))
         # the head predicts log sigma relative to log rms(x), which is the answer at
         # high noise; the network only learns the correction
         return r.log() + self.head(torch.cat([h, r.log()[:, None]], dim=1))[:, 0]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.log_sigma(x).exp()
+
+    def training_loss(self, x0: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
+        """Squared error of the predicted log sigma of a noisy image."""
+        return ((self.log_sigma(x0 + per_sample(sigma, x0) * noise) - sigma.log()) ** 2).mean()
 
 
 def resolve(spec, model) -> Callable[[Tensor], Tensor] | None:

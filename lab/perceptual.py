@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import zoo
+from .registry import register
 from .seeding import derive_seed
 
 __all__ = ["Classifier", "CLASSIFIER", "PERCEPTUAL", "load", "perceptual_loss",
@@ -63,7 +64,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"norm must be 'batch' or 'group', got {kind!r}")
 
 
-@zoo.register("classifier")
+@register("classifier")
 class Classifier(nn.Module):
     """A small CNN classifier for 1 x 28 x 28 images in [-1, 1].
 

@@ -10,6 +10,7 @@ bit-identical next step. ``--ship`` writes the EMA weights to ``lab/weights/``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shlex
@@ -21,14 +22,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import zoo
+from . import registry, zoo
 from .io import atomic_path
 from .seeding import derive_seed
 
-__all__ = ["TrainConfig", "Trainer", "edm_loss", "noise_loss", "sigma_loss", "load_config"]
-
-
-KINDS = ("edm", "noise", "sigma-regressor")
+__all__ = ["TrainConfig", "Trainer", "load_config", "build_model"]
 
 
 @dataclass
@@ -36,7 +34,7 @@ class TrainConfig:
     """Everything a training run depends on."""
 
     name: str
-    model: dict  # {"kind": "edm" | "noise" | "sigma-regressor", **that kind's config}
+    model: dict  # {"kind": a kind with a training_loss (lab.registry), **its config}
     data: str = "fashion-mnist"  # or a 2-D toy name from lab.data.TOYS
     steps: int = 10_000
     batch_size: int = 128
@@ -59,12 +57,17 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.model.get("kind") not in KINDS:
-            raise ValueError(f"model.kind must be one of {KINDS}, got {self.model.get('kind')!r}")
+        trainable = registry.trainable_kinds()
+        kind = self.model.get("kind")
+        if kind not in trainable:
+            raise ValueError(f"model.kind must be one of {trainable} (the kinds whose class "
+                             f"has a training_loss), got {kind!r}")
         if self.loss not in ("mse", "perceptual"):
             raise ValueError(f"loss must be 'mse' or 'perceptual', got {self.loss!r}")
-        if self.loss == "perceptual" and self.model["kind"] != "edm":
-            raise ValueError("the perceptual loss needs x0_hat images: use an 'edm' model")
+        if self.loss == "perceptual" and not _takes_perceptual(registry.lookup(kind)):
+            able = [k for k in trainable if _takes_perceptual(registry.lookup(k))]
+            raise ValueError(f"the perceptual loss needs x0_hat images, and a {kind!r} model's "
+                             f"training_loss takes no perceptual term: use one of {able}")
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -90,40 +93,15 @@ def training_data(cfg: TrainConfig) -> Tensor:
     return images[: cfg.data_size] if cfg.data_size else images
 
 
+def _takes_perceptual(cls) -> bool:
+    """Whether ``cls.training_loss`` accepts a perceptual term (models that predict x0)."""
+    return "perceptual" in inspect.signature(cls.training_loss).parameters
+
+
 def build_model(spec: dict):
+    """A fresh model from a config's ``model`` entry: its ``kind`` and that class's config."""
     spec = dict(spec)
-    kind = spec.pop("kind")
-    return zoo._kinds()[kind].from_config(spec)
-
-
-def edm_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor, perceptual=None,
-             perceptual_weight: float = 0.0) -> Tensor:
-    """EDM-weighted MSE, ``(s^2 + sd^2) / (s sd)^2 |D(x0 + s n) - x0|^2``, per sample,
-    plus ``perceptual_weight * perceptual(D, x0)`` when a feature distance is given."""
-    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
-    denoised = model(x0 + s * noise, sigma)
-    sd = model.sigma_data
-    weight = (s**2 + sd**2) / (s * sd) ** 2
-    loss = (weight * (denoised - x0) ** 2).flatten(1).mean(1)
-    if perceptual is not None:
-        loss = loss + perceptual_weight * perceptual(denoised, x0)
-    return loss.mean()
-
-
-def sigma_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
-    """Squared error of the predicted log sigma of a noisy image."""
-    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
-    return ((model.log_sigma(x0 + s * noise) - sigma.log()) ** 2).mean()
-
-
-def noise_loss(model, x0: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
-    """MSE of the predicted noise, in the units the network works in (``rms(x)``)."""
-    from .tensors import rms
-
-    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
-    x = x0 + s * noise
-    target = s * noise / rms(x).reshape(s.shape)
-    return ((model.raw(x) - target) ** 2).mean()
+    return registry.lookup(spec.pop("kind")).from_config(spec)
 
 
 class Trainer:
@@ -146,12 +124,13 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 2))
         self.step, self.wall, self.losses = 0, 0.0, []
         self.data = training_data(cfg)
-        self.perceptual = None
+        self.loss_terms = {}  # extra keyword arguments of the model's training_loss
         if cfg.loss == "perceptual":
             from .perceptual import perceptual_loss
 
             net = zoo.load(cfg.perceptual_net)
-            self.perceptual = lambda a, b: perceptual_loss(net, a, b)
+            self.loss_terms = {"perceptual": lambda a, b: perceptual_loss(net, a, b),
+                               "perceptual_weight": cfg.perceptual_weight}
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine decay to ``final_lr_fraction``."""
@@ -211,14 +190,7 @@ class Trainer:
     def train_step(self) -> float:
         self.model.train()
         x0, sigma, noise = self.batch()
-        kind = self.cfg.model["kind"]
-        if kind == "edm":
-            loss = edm_loss(self.model, x0, sigma, noise, self.perceptual,
-                            self.cfg.perceptual_weight)
-        elif kind == "noise":
-            loss = noise_loss(self.model, x0, sigma, noise)
-        else:
-            loss = sigma_loss(self.model, x0, sigma, noise)
+        loss = self.model.training_loss(x0, sigma, noise, **self.loss_terms)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower lr "
                                      f"(now {self.sched.get_last_lr()[0]:.3g}) and resume")

@@ -1,7 +1,7 @@
 """Shipped weights: ``lab/weights/<name>.safetensors`` beside ``<name>.json``.
 
 The json carries what is needed to rebuild and trust the model: its ``kind`` (a class
-registered with :func:`register`), ``config``, the file's ``sha256``, and how it was
+registered with :func:`lab.registry.register`), ``config``, the file's ``sha256``, and how it was
 trained (command, steps, epochs, final loss, wall time, machine). ``lab.load`` checks
 the checksum before it reads a byte of the weights.
 """
@@ -16,27 +16,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import registry
 from .io import atomic_path, write_json
+from .registry import register  # noqa: F401  (re-exported: lab.zoo.register still works)
 
 __all__ = ["load", "save", "available", "register", "WEIGHTS", "sha256", "machine", "ChecksumError"]
 
 WEIGHTS = Path(__file__).parent / "weights"
-_KINDS: dict[str, type] = {}
 
 
 class ChecksumError(ValueError):
     """A weight file does not match the checksum recorded beside it."""
-
-
-def register(kind: str):
-    """Class decorator: models of this ``kind`` are rebuilt by ``cls.from_config(config)``."""
-
-    def deco(cls):
-        _KINDS[kind] = cls
-        cls.kind = kind
-        return cls
-
-    return deco
 
 
 def sha256(path) -> str:
@@ -56,15 +46,19 @@ def machine() -> str:
 
 def available(folder=WEIGHTS) -> list[str]:
     """Names of the shipped models (json files whose ``kind`` is a model class)."""
-    kinds = _kinds()
-    return sorted(p.stem for p in Path(folder).glob("*.json")
-                  if json.loads(p.read_text()).get("kind") in kinds)
+    kinds = registry.kinds()
+    return sorted(p.stem for p in Path(folder).glob("*.json") if _read(p).get("kind") in kinds)
 
 
-def _kinds():
-    from . import models, noise_level, perceptual  # noqa: F401  (importing registers kinds)
-
-    return _KINDS
+def _read(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid json ({err}); restore it with "
+                         f"`git checkout -- {path}` or re-ship the model") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a {type(meta).__name__}, not a weights record")
+    return meta
 
 
 def save(model, name: str, training: dict, folder=WEIGHTS, half: bool = False) -> Path:
@@ -86,16 +80,24 @@ def save(model, name: str, training: dict, folder=WEIGHTS, half: bool = False) -
 
 
 def info(name: str, folder=WEIGHTS) -> dict:
+    """The json record of a shipped model (kind, config, sha256, training)."""
     path = Path(folder) / f"{name}.json"
     if not path.exists():
         raise ValueError(f"no shipped model {name!r}; available: {', '.join(available(folder))}")
-    return json.loads(path.read_text())
+    return _read(path)
 
 
 def load(name: str, folder=WEIGHTS):
     """A shipped model by name, checksum verified, in eval mode."""
     meta = info(name, folder)
-    path = Path(folder) / f"{name}.safetensors"
+    record = Path(folder) / f"{name}.json"
+    path = record.with_suffix(".safetensors")
+    missing = [key for key in ("kind", "config", "sha256") if key not in meta]
+    if missing:
+        error = ChecksumError if "sha256" in missing else ValueError
+        raise error(f"{record} records no {' or '.join(missing)}, so {path.name} cannot be "
+                    "verified and rebuilt: restore the json (`git checkout -- "
+                    f"{record}`) or re-ship the model (`python -m lab train <config> --ship`)")
     if not path.exists():
         raise ValueError(f"{path} is missing; reinstall the lab or restore the file from git")
     digest = sha256(path)
@@ -103,10 +105,10 @@ def load(name: str, folder=WEIGHTS):
         raise ChecksumError(f"{path} does not match its recorded sha256 ({digest[:12]}... != "
                             f"{meta['sha256'][:12]}...): the file is corrupt or was changed; "
                             "restore it with `git checkout -- lab/weights`")
-    kinds = _kinds()
-    if meta["kind"] not in kinds:
-        raise ValueError(f"{name} is a {meta['kind']!r} model, which this lab does not know")
-    model = kinds[meta["kind"]].from_config(meta["config"])
+    if meta["kind"] not in registry.kinds():
+        raise ValueError(f"{name} is a {meta['kind']!r} model, which this lab does not know "
+                         f"(known kinds: {', '.join(registry.kinds())})")
+    model = registry.lookup(meta["kind"]).from_config(meta["config"])
     state = load_file(str(path))
     reference = model.state_dict()
     state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}

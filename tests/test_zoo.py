@@ -2,12 +2,14 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import lab
-from lab import zoo
+from lab import registry, zoo
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.available() if
@@ -47,6 +49,60 @@ def test_missing_and_unknown_weights(tmp_path):
     (folder / "moons-mlp.safetensors").unlink()
     with pytest.raises(ValueError, match="is missing"):
         zoo.load("moons-mlp", folder)
+
+
+def test_a_json_without_sha256_says_how_to_fix_it(tmp_path):
+    folder = weights_copy(tmp_path, "moons-mlp")
+    record = folder / "moons-mlp.json"
+    meta = json.loads(record.read_text())
+    del meta["sha256"]
+    record.write_text(json.dumps(meta))
+    with pytest.raises(zoo.ChecksumError, match=r"moons-mlp.json records no sha256.*"
+                       r"git checkout.*python -m lab train <config> --ship"):
+        zoo.load("moons-mlp", folder)
+
+
+def test_a_corrupt_json_names_the_file(tmp_path):
+    folder = weights_copy(tmp_path, "moons-mlp")
+    (folder / "moons-mlp.json").write_text('{"kind": "edm", "config": ')
+    with pytest.raises(ValueError, match=r"moons-mlp.json is not valid json"):
+        zoo.load("moons-mlp", folder)
+
+
+def test_an_unknown_kind_names_the_known_ones(tmp_path):
+    folder = weights_copy(tmp_path, "moons-mlp")
+    meta = json.loads((folder / "moons-mlp.json").read_text())
+    meta["kind"] = "gan"
+    (folder / "moons-mlp.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"'gan' model, which this lab does not know.*edm"):
+        zoo.load("moons-mlp", folder)
+
+
+def test_every_shipped_model_json_has_a_registered_kind():
+    records = {p.stem: json.loads(p.read_text())["kind"] for p in zoo.WEIGHTS.glob("*.json")}
+    models = {name for name, kind in records.items() if kind != "reference-features"}
+    assert set(zoo.available()) == models, set(records.items())
+
+
+def test_the_kinds_are_known_whichever_lab_module_is_imported_first():
+    """lab.zoo imports no model module; the kinds are registered by the time it is used."""
+    script = ("import sys, lab.zoo, lab.registry; "
+              "print(lab.zoo.available(), lab.registry.kinds(), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"{zoo.available()} {registry.kinds()}"
+
+
+def test_registry_lookup_and_duplicate_kinds(monkeypatch):
+    monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))
+    assert registry.lookup("edm") is lab.models.EDM and lab.models.EDM.kind == "edm"
+    assert {"edm", "noise", "sigma-regressor", "classifier"} <= set(registry.kinds())
+    assert set(registry.trainable_kinds()) == {"edm", "noise", "sigma-regressor"}
+    with pytest.raises(ValueError, match="no model kind 'gan'; known kinds: .*edm"):
+        registry.lookup("gan")
+    with pytest.raises(ValueError, match="kind 'edm' is registered twice"):
+        registry.register("edm")(type("Other", (), {}))
 
 
 def test_save_and_load_roundtrip(tmp_path):

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser
 from ..schedules import vp_sigmas
+from ..tensors import per_sample
 
 __all__ = ["DiffusersDenoiser", "from_diffusers", "TIMESTEP_MAPPINGS"]
 
@@ -103,7 +104,7 @@ class DiffusersDenoiser(Denoiser):
                           f"{self.sigma_max:.4g}]: its timestep is clamped to the table's end "
                           "(said once per model)", stacklevel=_caller_stacklevel())
             self._warned = True
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        s = per_sample(sigma, x).to(x.dtype)
         scale = 1 / (1 + s**2).sqrt()
         # the network's dtype (a parameter-free network gets x's)
         dtype = getattr(next(self.unet.parameters(), None), "dtype", x.dtype)

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..tensors import per_sample
+
 __all__ = ["VPEpsilonModel", "to_diffusers", "vp_betas", "diffusers_alphas_cumprod",
            "carries_vp_sample", "scheduler_sigmas", "scheduler_steps", "sample_with_scheduler"]
 
@@ -222,7 +224,7 @@ class VPEpsilonModel(nn.Module):
             raise ValueError(f"timestep must be a number or a ({batch},) tensor, got shape "
                              f"{tuple(t.shape)}")
         sigma = self.timestep_to_sigma(t.reshape(-1).expand(batch))
-        s = sigma.reshape(-1, *([1] * (sample.ndim - 1)))
+        s = per_sample(sigma, sample)
         x = sample.to(torch.float64) * (1 + s**2).sqrt()
         dtype = _compute_dtype(self.denoiser) or sample.dtype
         d = self.denoiser(x.to(dtype), sigma.to(dtype)).to(torch.float64)
