@@ -3,8 +3,8 @@ after an interruption with no duplicate and no lost cell, atomic rows and images
 a crash mid-write, provenance in every row, and the smoke study's ``--fast`` mode.
 
 Time budget: the smoke study's ``--fast`` run, as a fresh ``python -m experiments``
-process, within 60 s on two busy cores (measured about 8 s, most of it importing torch
-and drawing the figure); the whole file about 30 s.
+process, within 60 s on two busy cores (most of it importing torch and drawing the
+figure).
 """
 
 import functools

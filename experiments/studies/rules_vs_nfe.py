@@ -20,12 +20,9 @@ sample grids: a row holds numbers only and the runner gives a cell no folder of 
 own (``experiments.demo`` draws grids at 20 calls).
 
 ``--fast``: 64 samples, budgets 5 and 10, euler, heun and dpmpp_2m against diffusers'
-DDIM and DPMSolverMultistep, seeds 1 and 2 for heun at 10 calls: 12 cells, measured 59 s
-(``python -m experiments rules_vs_nfe --fast --quiet``, niced, on the 2-core lab machine
-while it trained a model; 118 s with another study running as well). Full: 76 cells,
-1,599 model calls on 1,024 samples each; heun at 20 calls measured 316 s on that busy
-machine (17 s a call, 10 s when it is quieter), so the whole study takes 4.5 to 7.5
-hours: run it in the background, it resumes.
+DDIM and DPMSolverMultistep, seeds 1 and 2 for heun at 10 calls: 12 cells. Full: 76
+cells, 1,599 model calls on 1,024 samples each, hours on a CPU: run it in the
+background, it resumes.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from .cells import (
     sample_cell,
     start_noise,
     threads,
-    try_sample_at_budget,
 )
 from .provenance import generated_note, git_commit, provenance
 from .rows import columns_of, flat, plain, read_rows, write_csv, write_rows
@@ -49,7 +48,7 @@ from .tables import (
 __all__ = ["Study", "ReportedStudy", "check_study", "StudyError", "run", "status", "execute",
            "process_map", "locked", "cell_label", "ROWS", "MANIFEST",
            "cell_key", "grid", "pin_weights", "threads", "model_loader", "start_noise",
-           "sample_cell", "try_sample_at_budget",
+           "sample_cell",
            "read_rows", "write_rows", "plain", "flat", "columns_of", "write_csv",
            "markdown_table", "format_value", "aggregate", "pivot", "identical", "groups_of",
            "rule_parameters", "git_commit", "provenance", "generated_note"]

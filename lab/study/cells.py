@@ -17,10 +17,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from .. import zoo
+from ..rules import get
+from ..sample import try_sample_at_budget
+from ..seeding import noise
 from .rows import canonical
 
 __all__ = ["cell_key", "grid", "pin_weights", "threads", "model_loader", "start_noise",
-           "sample_cell", "try_sample_at_budget"]
+           "sample_cell"]
 
 
 def cell_key(cell: Mapping) -> str:
@@ -62,8 +66,6 @@ def pin_weights(cells: Iterable[Mapping], fields: Sequence[str] = ("model", "sig
     in ``fields``. The checksum is part of the cell, so of its key: re-ship a model under
     the same name and its old rows no longer count as done, instead of mixing with new
     ones."""
-    from .. import zoo
-
     shipped = set(zoo.available())
     out = []
     for cell in cells:
@@ -96,9 +98,7 @@ def model_loader(**exact: Callable[[], object]) -> Callable[[str], object]:
     def model(name: str):
         if name in exact:
             return exact[name]()
-        from ..zoo import load
-
-        return load(name)
+        return zoo.load(name)
 
     return model
 
@@ -108,8 +108,6 @@ def start_noise(model, samples: int, seed: int, sigma_max: float,
     """A cell's starting state: ``samples`` draws of :func:`lab.noise` in the model's
     sample shape from ``seed``, times ``sigma_max``. Sample k depends on (seed, k) only,
     so every rule of a seed starts from the same noise."""
-    from ..seeding import noise
-
     return noise((samples, *model.sample_shape), seed=seed, dtype=dtype) * sigma_max
 
 
@@ -117,30 +115,13 @@ def sample_cell(model, cell: Mapping, schedule: Callable[[int], torch.Tensor], *
                 sigma_max: float, rule=None, dtype: torch.dtype = torch.float32,
                 record: str = "final", **kwargs):
     """The opening of a budgeted sampling cell: :func:`start_noise`, then
-    :func:`try_sample_at_budget` with ``rule`` (default ``cell["rule"]`` with
+    :func:`lab.sample.try_sample_at_budget` with ``rule`` (default ``cell["rule"]`` with
     ``cell["params"]``) at ``cell["budget"]`` model calls on ``schedule``, seeded by
     ``cell["seed"]``. Returns ``(traj, "ok")`` or ``(None, status)``; ``kwargs`` go to
     :func:`lab.sample` (e.g. ``sigma_estimate``)."""
-    from ..rules import get
-
     if rule is None:
         rule = get(cell["rule"], **cell.get("params", {}))
     x = start_noise(model, cell["samples"], cell["seed"], sigma_max, dtype)
     return try_sample_at_budget(model, x, rule, cell["budget"], schedule, seed=cell["seed"],
                                 record=record, **kwargs)
 
-
-def try_sample_at_budget(model, x, rule, budget: int, schedule, *, seed: int,
-                         record: str = "final", **kwargs):
-    """:func:`lab.sample_at_budget` for a study cell (by default the final state only):
-    ``(traj, "ok")``, or ``(None, status)`` when one step costs more than ``budget`` or a
-    sample turned NaN or Inf; outcomes a row records, not errors that should stop a study.
-    ``kwargs`` go to :func:`lab.sample` (e.g. ``sigma_estimate``)."""
-    from ..sample import NonFiniteError, sample_at_budget
-
-    try:
-        traj = sample_at_budget(model, x, rule, budget, schedule, seed=seed, record=record,
-                                **kwargs)
-    except NonFiniteError as err:
-        return None, f"non-finite: {err}"
-    return (traj, "ok") if traj is not None else (None, "does not fit the budget")
