@@ -108,7 +108,7 @@ def headline(rows: list[dict]) -> list[str]:
     for m in dict.fromkeys(r["model"] for r in means):
         at = [r for r in means if r["model"] == m]
         out += [f"**{m}**, RMS error to the exact ODE solution (deterministic rules):", "",
-                *headlines(at), "",
+                *study.best_per_budget(at, {m: m for m in PLOTS}), "",
                 table([dict(e, order=order(at, e["label"]))
                        for e in pivot(at, "error_rms", stochastic=False)])]
     return out
@@ -152,7 +152,7 @@ def render(rows: list[dict], out_dir) -> None:
                   f"- SW floor, exact samples against an independent exact set: "
                   f"**{f['sw_floor']:.3g}**{spread}; SW of the exact ODE solution from the "
                   f"cells' noise: **{f['sw_ode']:.3g}**.",
-                  *headlines(at),
+                  *study.best_per_budget(at, {m: m for m in PLOTS}),
                   *(f"- Same error_rms in every cell: {' = '.join(g)}." for g in study.identical(
                       of_m, "label", "error_rms", ["budget", "seed"])), "",
                   "### RMS error (deterministic rules)", "",
@@ -168,21 +168,6 @@ def render(rows: list[dict], out_dir) -> None:
                "error_rms", "sw", "seconds", "status"],
         {"error_rms": "{:.3g}", "sw": "{:.3g}", "seconds": "{:.2f}"}, headers={"label": "rule"})]
     io.write_text(out_dir / "summary.md", "\n".join(lines))
-
-
-def headlines(means: list[dict]) -> list[str]:
-    """Per budget, the best rule by each metric."""
-    out = []
-    for b in sorted({r["budget"] for r in means}):
-        parts = []
-        for metric in PLOTS:
-            at = [r for r in means if r["budget"] == b and r[metric] is not None]
-            if at:
-                best = min(at, key=lambda r: r[metric])
-                parts.append(f"lowest {metric} **{best['label']}** ({best[metric]:.3g} at "
-                             f"{best['nfe']} NFE)")
-        out.append(f"- B = {b}: " + "; ".join(parts) + ".")
-    return out
 
 
 def pivot(means, metric, stochastic=None) -> list[dict]:

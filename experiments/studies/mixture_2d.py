@@ -129,18 +129,7 @@ def flat_of(rows: list[dict]) -> list[dict]:
 
 def headline(rows: list[dict]) -> list[str]:
     """For results/README.md and the summary: per budget, the best rule by each metric."""
-    flat = flat_of(rows)
-    out = []
-    for b in sorted({r["budget"] for r in flat}):
-        parts = []
-        for metric, name in (("error_rms", "error (RMS)"), ("sw", "SW")):
-            at = [r for r in flat if r["budget"] == b and r[metric] is not None]
-            if at:
-                best = min(at, key=lambda r: r[metric])
-                parts.append(f"lowest {name} **{best['label']}** ({best[metric]:.3g}, "
-                             f"{best['nfe']} NFE)")
-        out.append(f"- B = {b}: " + "; ".join(parts) + ".")
-    return out
+    return study.best_per_budget(flat_of(rows), {"error_rms": "error (RMS)", "sw": "SW"})
 
 
 def render(rows: list[dict], out_dir) -> None:

@@ -37,6 +37,7 @@ from .runner import (
 )
 from .tables import (
     aggregate,
+    best_per_budget,
     format_value,
     groups_of,
     identical,
@@ -51,4 +52,4 @@ __all__ = ["Study", "ReportedStudy", "check_study", "StudyError", "run", "status
            "sample_cell",
            "read_rows", "write_rows", "plain", "flat", "columns_of", "write_csv",
            "markdown_table", "format_value", "aggregate", "pivot", "identical", "groups_of",
-           "rule_parameters", "git_commit", "provenance", "generated_note"]
+           "best_per_budget", "rule_parameters", "git_commit", "provenance", "generated_note"]

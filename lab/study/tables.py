@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from .rows import canonical, columns_of, is_nan
 
 __all__ = ["format_value", "markdown_table", "aggregate", "pivot", "identical", "groups_of",
-           "rule_parameters"]
+           "best_per_budget", "rule_parameters"]
 
 
 def format_value(value, fmt: str | Callable | None = None) -> str:
@@ -115,6 +115,23 @@ def groups_of(items: Mapping[str, object], same: Callable[[object, object], bool
         else:
             match.append(name)
     return [g for g in groups if len(g) > 1]
+
+
+def best_per_budget(rows: Sequence[Mapping], metrics: Mapping[str, str]) -> list[str]:
+    """One Markdown bullet per ``budget`` of the flat ``rows``: for each metric (name ->
+    how the bullet calls it), the ``label`` of the row with its lowest value, the value
+    and the row's NFE, e.g. ``- B = 5: lowest SW **heun** (0.214 at 49 NFE).``"""
+    out = []
+    for b in sorted({r["budget"] for r in rows}):
+        parts = []
+        for metric, name in metrics.items():
+            at = [r for r in rows if r["budget"] == b and r.get(metric) is not None]
+            if at:
+                best = min(at, key=lambda r: r[metric])
+                parts.append(f"lowest {name} **{best['label']}** ({best[metric]:.3g} at "
+                             f"{best['nfe']} NFE)")
+        out.append(f"- B = {b}: " + "; ".join(parts) + ".")
+    return out
 
 
 def rule_parameters(rows: Iterable[Mapping]) -> list[dict]:
