@@ -159,6 +159,47 @@ def test_the_study_contract_is_a_protocol_every_study_satisfies():
         study.check_study(fake(), study.ReportedStudy)
 
 
+# ---- what run_cell shares --------------------------------------------------------------
+
+
+def test_model_loader_builds_each_model_once_per_name():
+    built = []
+
+    def gaussian():
+        built.append("gaussian")
+        return smoke.gaussian()
+
+    model = study.model_loader(gaussian=gaussian)
+    assert model("gaussian") is model("gaussian") and built == ["gaussian"]
+    with pytest.raises(ValueError, match="nope"):  # any other name is a zoo name
+        model("nope")
+
+
+def test_sample_cell_samples_the_cells_noise_at_its_budget_or_says_why_not():
+    m = smoke.model("gaussian")
+    cell = {"rule": "heun", "params": {}, "budget": 5, "seed": 3, "samples": 4}
+    traj, status = study.sample_cell(m, cell, smoke.schedule, sigma_max=80.0,
+                                     dtype=torch.float64)
+    x = lab.noise((4, 2), seed=3, dtype=torch.float64) * 80.0
+    direct = lab.sample(m, x, smoke.schedule(3), "heun", seed=3)  # 3 steps: 5 calls
+    assert status == "ok" and traj.nfe == 5 and torch.equal(traj.x, direct.x)
+    cell = {**cell, "rule": "annealed_langevin", "budget": 1}
+    assert study.sample_cell(m, cell, smoke.schedule, sigma_max=80.0) == (
+        None, "does not fit the budget")
+
+
+def test_the_runner_runs_each_cell_on_one_torch_thread(tmp_path):
+    s = fake(n=1)
+    s.run_cell = lambda cell: {"threads": torch.get_num_threads()}
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        (row,) = study.run(s, tmp_path, progress=False)
+        assert row["metrics"]["threads"] == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+
+
 # ---- rows ------------------------------------------------------------------------------
 
 
