@@ -135,3 +135,24 @@ def test_mixture_density_integrates_to_one():
 def test_markdown_table():
     text = study.markdown_table([{"a": "x", "b": 1.23456}, {"a": "y", "b": None}])
     assert text.splitlines() == ["| a | b |", "|:---|---:|", "| x | 1.235 |", "| y |  |"]
+
+
+def test_a_failed_cell_renders_as_its_status(result, tmp_path, monkeypatch):
+    """A cell whose samples turn NaN is a row with its status, and the summary says so."""
+    import sys
+
+    _, rows = result
+    message = "rule heun produced NaN/Inf at step 3 (sigma 2.1 -> 1.3); a test"
+
+    def non_finite(*args, **kwargs):
+        raise lab.NonFiniteError(message)
+
+    monkeypatch.setattr(sys.modules["lab.sample"], "sample_at_budget", non_finite)
+    i = next(i for i, r in enumerate(rows) if r["metrics"]["label"] == "heun"
+             and r["cell"]["budget"] == mixture_2d.PATH_BUDGET)
+    metrics = mixture_2d.run_cell(rows[i]["cell"])
+    assert metrics["status"] == f"non-finite: {message}" and "sw" not in metrics
+    mixture_2d.render([*rows[:i], {**rows[i], "metrics": metrics}, *rows[i + 1:]], tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    assert f"**heun at B={mixture_2d.PATH_BUDGET}: non-finite: {message}**" in text
+    assert (tmp_path / "paths.png").read_bytes()[:4] == b"\x89PNG"  # drawn without heun
