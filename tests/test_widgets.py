@@ -291,6 +291,29 @@ def test_one_idle_drawer_serves_every_scrubber_newest_first(mix, monkeypatch):
     _idle(0.0, slide_an_older_one)
 
 
+def test_scrubber_in_a_kernel_draws_only_the_last_of_quick_presses(mix, monkeypatch):
+    drawer = lw.scrubber.IdleDrawer(gap=30.0, quiet=30.0)  # no drawing in the background
+    monkeypatch.setattr(lw.scrubber, "IDLE_DRAWER", drawer)
+    scrub = TrajectoryScrubber(reference(mix, "euler", 6, seed=0), mix)
+    drawn = _count_draws(scrub)
+
+    def press_three_times():
+        for k in (5, 4, 3):
+            scrub.slider.value = k
+        assert drawn == [] and "step 6/6" in scrub.readout.value  # not yet
+
+    _idle(lw.scrubber.SLIDE_DEBOUNCE + 0.3, press_three_times)
+    assert drawn == [3]
+    assert "step 3/6" in scrub.readout.value and scrub.image.value == scrub.frame(3)
+
+    def back_to_a_drawn_one():
+        scrub.slider.value = 6
+        assert "step 6/6" in scrub.readout.value  # drawn already: shown at once
+
+    _idle(0.0, back_to_a_drawn_one)
+    assert drawn == [3]
+
+
 def _titles_inside_the_figure(fig) -> list[str]:
     """The axes titles that stick out of the figure (drawn at its saved size)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -109,6 +109,7 @@ class TrajectoryScrubber(Displayed):
         self.show_x0, self.view, self.density_sigma = show_x0, view, density_sigma
         self.bandwidth, self.resolution, self.dpi = bandwidth, resolution, dpi
         self.panel_size, self.title, self.prerender = tuple(panel_size), title, prerender
+        self._show_pending = False
         self.trajectories: dict[str, Trajectory] = {}
         self._frames: dict[int, bytes] = {}
         self._grids: dict[float, tuple] = {}
@@ -155,10 +156,12 @@ class TrajectoryScrubber(Displayed):
         self.steps = max(t.steps for t in trajs.values())
         with self.slider.hold_trait_notifications():
             self.slider.max = self.play.max = self.steps
-        if self.slider.value == self.steps:
-            self.show(self.steps)
-        else:
-            self.slider.value = self.steps  # the observer draws it
+        self.slider.unobserve(self._on_slide, names="value")
+        try:  # a user's slide may wait for more; a new run shows its last step at once
+            self.slider.value = self.steps
+        finally:
+            self.slider.observe(self._on_slide, names="value")
+        self.show(self.steps)
         if self.prerender:
             IDLE_DRAWER.add(self)
 
@@ -332,9 +335,23 @@ class TrajectoryScrubber(Displayed):
                               f"{html.escape(self.readout_text(k))}</span>")
 
     def _on_slide(self, change):
-        if self.trajectories:
-            IDLE_DRAWER.touched(self)
-            self.show(change["new"])
+        if not self.trajectories:
+            return
+        IDLE_DRAWER.touched(self)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or change["new"] in self._frames:
+            self.show(change["new"])  # drawn already: at once
+        elif not self._show_pending:
+            # a frame to draw: wait a moment, so a run of key presses draws only its last
+            self._show_pending = True
+            loop.call_later(SLIDE_DEBOUNCE, self._show_latest)
+
+    def _show_latest(self) -> None:
+        self._show_pending = False
+        self.show()
 
     def missing_frame(self) -> int | None:
         """The undrawn step nearest to the one on show, or None when all are drawn."""
@@ -342,6 +359,10 @@ class TrajectoryScrubber(Displayed):
             return None
         missing = [k for k in range(self.steps + 1) if k not in self._frames]
         return min(missing, key=lambda k: abs(k - self.value)) if missing else None
+
+
+#: Seconds a slider position whose frame is not drawn yet waits for the next key press.
+SLIDE_DEBOUNCE = 0.12
 
 
 class IdleDrawer:
