@@ -18,6 +18,7 @@ from .base import (
     resolve,
     steps_for_budget,
 )
+from .exponential import DPMSolverPP3M, UniPC
 from .lookahead import GHVB, IPNDM, AnalyticFirstStep, Extrapolate, HeavyBall, ghvb_weights
 from .noise import Ancestral, AnnealedLangevin, Churn, Langevin, ancestral_step
 from .optimizers import Adam, Momentum, Nesterov, Plain, TorchOptim, closure_free_optimizers
@@ -56,5 +57,5 @@ __all__ = [
     "Euler", "Heun", "Midpoint", "RK4", "LMS", "DPMSolverPP2M", "lms_coefficients",
     "Plain", "Momentum", "Nesterov", "Adam", "TorchOptim",
     "Extrapolate", "GHVB", "IPNDM", "HeavyBall", "AnalyticFirstStep",
-    "Ancestral", "Churn", "Langevin", "AnnealedLangevin",
+    "Ancestral", "Churn", "Langevin", "AnnealedLangevin", "DPMSolverPP3M", "UniPC",
 ]
