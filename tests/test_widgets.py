@@ -248,7 +248,7 @@ def test_scrubber_prerenders_while_the_event_loop_is_idle(mix, monkeypatch):
     assert drawer.queue == []
 
 
-def test_one_idle_drawer_serves_every_scrubber_newest_first(mix, monkeypatch):
+def test_one_idle_drawer_serves_every_scrubber_in_order(mix, monkeypatch):
     drawer = lw.scrubber.IdleDrawer(gap=0.0, quiet=0.0)
     monkeypatch.setattr(lw.scrubber, "IDLE_DRAWER", drawer)
     order = []
@@ -263,11 +263,18 @@ def test_one_idle_drawer_serves_every_scrubber_newest_first(mix, monkeypatch):
     def open_both():
         first.set_trajectory(reference(mix, "euler", 3, seed=0))
         second.set_trajectory(reference(mix, "euler", 2, seed=0))
-        assert drawer.queue == [second, first]
+        assert drawer.queue == [first, second]  # top down, as a notebook is read
 
     _idle(0.5, open_both)
-    # each shows its last step at once; then the newest scrubber's frames come first
-    assert order == [("a", 3), ("b", 2), ("b", 1), ("b", 0), ("a", 2), ("a", 1), ("a", 0)]
+    # each shows its last step at once; then the frames of the first, then the second
+    assert order == [("a", 3), ("b", 2), ("a", 2), ("a", 1), ("a", 0), ("b", 1), ("b", 0)]
+
+    def rerun_both():  # a panel's new run is what the user looks at: it goes first
+        first.set_trajectory(reference(mix, "euler", 1, seed=0))
+        second.set_trajectory(reference(mix, "euler", 1, seed=0))
+        assert drawer.queue == [second, first]
+
+    _idle(0.0, rerun_both)
     # a slider that just moved holds the drawer off, so the kernel answers it first
     waiting = lw.scrubber.IdleDrawer(gap=0.0, quiet=30.0)
     monkeypatch.setattr(lw.scrubber, "IDLE_DRAWER", waiting)

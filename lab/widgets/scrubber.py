@@ -109,7 +109,7 @@ class TrajectoryScrubber(Displayed):
         self.show_x0, self.view, self.density_sigma = show_x0, view, density_sigma
         self.bandwidth, self.resolution, self.dpi = bandwidth, resolution, dpi
         self.panel_size, self.title, self.prerender = tuple(panel_size), title, prerender
-        self._show_pending = False
+        self._show_pending, self._shown_before = False, False
         self.trajectories: dict[str, Trajectory] = {}
         self._frames: dict[int, bytes] = {}
         self._grids: dict[float, tuple] = {}
@@ -163,7 +163,9 @@ class TrajectoryScrubber(Displayed):
             self.slider.observe(self._on_slide, names="value")
         self.show(self.steps)
         if self.prerender:
-            IDLE_DRAWER.add(self)
+            # a notebook's scrubbers are read top down; a panel's new run is looked at now
+            IDLE_DRAWER.add(self, first=self._shown_before)
+        self._shown_before = True
 
     @property
     def value(self) -> int:
@@ -371,7 +373,9 @@ class IdleDrawer:
     frames and ``quiet`` seconds after a slider moved, so the kernel answers the slider
     (and runs cells) between two frames. With no running loop it does nothing: frames are
     then drawn when first shown. One drawer serves every scrubber, so several scrubbers
-    in a notebook never draw more than one frame per turn of the loop."""
+    in a notebook never draw more than one frame per turn of the loop. New scrubbers
+    join the back of the queue (a notebook is read top down); a scrubber whose slider
+    moved, or that shows a new run, goes to the front."""
 
     def __init__(self, gap: float = 0.05, quiet: float = 0.5):
         self.gap, self.quiet = gap, quiet
@@ -379,15 +383,16 @@ class IdleDrawer:
         self._scheduled = False
         self._last_touch = -math.inf
 
-    def add(self, scrubber: TrajectoryScrubber) -> None:
-        """Queue ``scrubber``'s missing frames, ahead of the scrubbers queued before."""
+    def add(self, scrubber: TrajectoryScrubber, first: bool = True) -> None:
+        """Queue ``scrubber``'s missing frames, ahead of the scrubbers queued before
+        (``first``) or after them."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         if scrubber in self.queue:
             self.queue.remove(scrubber)
-        self.queue.insert(0, scrubber)
+        self.queue.insert(0 if first else len(self.queue), scrubber)
         if not self._scheduled:
             self._scheduled = True
             loop.call_later(self.gap, self._draw_one)
