@@ -40,7 +40,12 @@ from lab.rules import exponential
 from .test_convergence import errors, slope
 from .test_diffusers_parity import parity as unet_parity
 from .test_diffusers_parity import unet  # noqa: F401  (the seeded tiny UNet fixture)
-from .test_to_diffusers import SHAPE, image_mixture, rel
+from .test_to_diffusers import (
+    SHAPE,
+    image_mixture,
+    one_thread,  # noqa: F401  (autouse: the parity runs on one thread)
+    rel,
+)
 from .test_to_diffusers import parity as exact_parity
 
 TOL = 1e-4
@@ -69,14 +74,6 @@ PAIRS = [
     ("unipc-3", unipc_config(3), rules.get("unipc", order=3)),
 ]
 IDS = [p[0] for p in PAIRS]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
