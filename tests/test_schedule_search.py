@@ -78,3 +78,23 @@ def test_bad_requests_say_what_to_do(model):
         lab.schedules.optimize(model, 0, "heun", **OPTIONS)
     with pytest.raises(ValueError, match="deterministic"):
         lab.schedules.optimize(model, 5, "ancestral", **OPTIONS)
+
+
+def test_the_end_can_be_kept_and_the_distance_chosen(model):
+    kept = lab.schedules.optimize(model, 5, "dpmpp_2m", search_end=False, **OPTIONS)
+    assert kept.sigmas[-2] == pytest.approx(0.002) and kept.error <= kept.karras_error
+
+    def worst_sample(out, ref):
+        return float((out - ref).abs().amax())
+
+    chosen = lab.schedules.optimize(model, 5, "dpmpp_2m", distance=worst_sample, **OPTIONS)
+    assert chosen.karras_error == pytest.approx(
+        worst_sample(*_karras_and_reference(model)), rel=1e-9)
+    with pytest.raises(ValueError, match="distance must be"):
+        lab.schedules.optimize(model, 5, "dpmpp_2m", distance="lpips", **OPTIONS)
+
+
+def _karras_and_reference(model):
+    x = lab.noise((64, 2), seed=schedule_search.CALIBRATION_SEED, dtype=torch.float64) * 80.0
+    ref = lab.sample(model, x, lab.schedules.karras(32, 0.002, 80.0), "heun").x
+    return lab.sample(model, x, lab.schedules.karras(5, 0.002, 80.0), "dpmpp_2m").x, ref
