@@ -77,6 +77,18 @@ def test_notebook_is_thin_and_has_a_fast_mode(path):
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_checks_its_claims(path):
+    """A notebook states results in its prose; at least one code cell asserts them, so
+    tests/test_notebooks.py fails when one stops holding."""
+    nb = nbformat.read(path, as_version=4)
+    asserts = [i for i, c in enumerate(nb.cells)
+               if c.cell_type == "code" and any(line.lstrip().startswith("assert ")
+                                                for line in c.source.splitlines())]
+    assert asserts, (f"{path.name} asserts nothing: check what the prose claims in the cell "
+                     "that prints it (assert ...)")
+
+
 def test_problems_and_strip_agree():
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("1 + 1")

@@ -2,8 +2,10 @@
 
 Executed in memory with nbclient (the checkout's files are never written), one fresh
 kernel per notebook, the notebooks folder as working directory. Budget: each notebook
-must finish within ``BUDGET`` seconds including kernel start; on 2 busy cores they take
-about 8-25 s each. A cell that raises fails the test with the cell and its traceback.
+must finish within ``BUDGET`` seconds including kernel start. A cell that raises fails
+the test with the cell and its traceback; the notebooks assert what their prose states
+(the budgets those claims rest on are the same in fast mode), so a claim that stops
+holding fails here too.
 """
 
 from __future__ import annotations
