@@ -29,7 +29,6 @@ counts (FID strongly so), see ``floor()``.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +46,8 @@ __all__ = ["KID", "features", "fid", "kid", "fid_from_features", "kid_from_featu
 
 DEFAULT_CLASSIFIER = "fashion-classifier"
 SUFFIX = "-features"
+#: How the shipped reference features are written again.
+RESHIP = "python -m experiments.train_classifiers features"
 
 
 class KID(NamedTuple):
@@ -79,7 +80,8 @@ def reference_info(name: str = "fashion-test", folder=zoo.WEIGHTS) -> dict:
         known = ", ".join(references(folder)) or "none"
         raise ValueError(f"unknown reference {name!r}; shipped references: {known} "
                          "(or pass a (B, 1, 28, 28) tensor of reference images)")
-    return json.loads(meta_path.read_text())
+    return zoo.read_record(meta_path, ("sha256", "classifier", "classifier_sha256"),
+                           reship=RESHIP)
 
 
 def reference_features(name: str = "fashion-test", folder=zoo.WEIGHTS) -> Tensor:
@@ -106,16 +108,12 @@ def _reference_features(name: str, folder=zoo.WEIGHTS) -> Tensor:
 @functools.lru_cache(maxsize=4)
 def _load_features(path: str, size: int, mtime_ns: int, digest: str, classifier: str,
                    classifier_digest: str, folder: str) -> Tensor:
-    actual = zoo.sha256(path)
-    if actual != digest:
-        raise zoo.ChecksumError(f"{path} does not match its recorded sha256 ({actual[:12]}... "
-                                f"!= {digest[:12]}...): the file is corrupt or was changed; "
-                                "restore it with `git checkout -- lab/weights`")
+    zoo.verify(path, digest)
     current = zoo.info(classifier, folder)["sha256"]
     if current != classifier_digest:
         raise ValueError(f"{path} holds features of an older {classifier!r} (sha256 "
                          f"{classifier_digest[:12]}..., shipped now: {current[:12]}...); "
-                         "regenerate them: python -m experiments.train_classifiers features")
+                         f"regenerate them: {RESHIP}")
     feats = load_file(path)["features"].to(torch.float64)
     feats.requires_grad_(False)
     return feats

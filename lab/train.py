@@ -1,5 +1,8 @@
-"""One training loop for denoisers: EDM loss, log-normal sigmas, AdamW with warm-up and
-cosine decay, EMA weights, periodic checkpoints and an exact resume.
+"""One training loop for every trainable model: log-normal (or log-uniform) sigmas,
+AdamW with warm-up and cosine decay, EMA weights, periodic checkpoints and an exact
+resume. The loss is the model's own: any registered kind (:mod:`lab.registry`) whose
+class has ``training_loss(x0, sigma, noise)`` trains here (``EDM``'s also takes a
+``perceptual`` term).
 
     python -m lab train experiments/configs/fashion-edm.json [--resume] [--ship]
 

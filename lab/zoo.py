@@ -20,7 +20,8 @@ from . import registry
 from .io import atomic_path, write_json
 from .registry import register  # noqa: F401  (re-exported: lab.zoo.register still works)
 
-__all__ = ["load", "save", "available", "register", "WEIGHTS", "sha256", "machine", "ChecksumError"]
+__all__ = ["load", "save", "info", "available", "register", "WEIGHTS", "sha256", "verify",
+           "read_record", "machine", "ChecksumError"]
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -47,18 +48,46 @@ def machine() -> str:
 def available(folder=WEIGHTS) -> list[str]:
     """Names of the shipped models (json files whose ``kind`` is a model class)."""
     kinds = registry.kinds()
-    return sorted(p.stem for p in Path(folder).glob("*.json") if _read(p).get("kind") in kinds)
+    return sorted(p.stem for p in Path(folder).glob("*.json")
+                  if read_record(p).get("kind") in kinds)
 
 
-def _read(path: Path) -> dict:
+#: How to write a model's weights and json again (said by the errors below).
+RESHIP = ("python -m lab train <config> --ship`; the classifiers: "
+          "`python -m experiments.train_classifiers")
+
+
+def read_record(path: Path, required=(), reship: str = RESHIP) -> dict:
+    """The json beside a weights file; a clear error naming it when it is unreadable or
+    lacks one of the ``required`` keys."""
+    path = Path(path)
+    fix = f"restore it (`git checkout -- {path}`) or write it again (`{reship}`)"
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid json ({err}); restore it with "
-                         f"`git checkout -- {path}` or re-ship the model") from err
+        raise ValueError(f"{path} is not valid json ({err}); {fix}") from err
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} holds a {type(meta).__name__}, not a weights record")
+        raise ValueError(f"{path} holds a {type(meta).__name__}, not a weights record; {fix}")
+    missing = [key for key in required if key not in meta]
+    if missing:
+        # without a checksum the weights cannot be trusted: the checksum's error class
+        error = ChecksumError if "sha256" in missing else ValueError
+        raise error(f"{path} records no {' or '.join(missing)}, so the weights beside it "
+                    f"cannot be verified and rebuilt; {fix}")
     return meta
+
+
+def verify(path: Path, digest: str) -> None:
+    """Raise unless the file exists and its sha256 is ``digest`` (the one recorded)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} is missing; reinstall the lab or restore it with "
+                         "`git checkout -- lab/weights`")
+    actual = sha256(path)
+    if actual != digest:
+        raise ChecksumError(f"{path} does not match its recorded sha256 ({actual[:12]}... != "
+                            f"{digest[:12]}...): the file is corrupt or was changed; "
+                            "restore it with `git checkout -- lab/weights`")
 
 
 def save(model, name: str, training: dict, folder=WEIGHTS, half: bool = False) -> Path:
@@ -84,27 +113,14 @@ def info(name: str, folder=WEIGHTS) -> dict:
     path = Path(folder) / f"{name}.json"
     if not path.exists():
         raise ValueError(f"no shipped model {name!r}; available: {', '.join(available(folder))}")
-    return _read(path)
+    return read_record(path, ("kind", "config", "sha256"))
 
 
 def load(name: str, folder=WEIGHTS):
     """A shipped model by name, checksum verified, in eval mode."""
     meta = info(name, folder)
-    record = Path(folder) / f"{name}.json"
-    path = record.with_suffix(".safetensors")
-    missing = [key for key in ("kind", "config", "sha256") if key not in meta]
-    if missing:
-        error = ChecksumError if "sha256" in missing else ValueError
-        raise error(f"{record} records no {' or '.join(missing)}, so {path.name} cannot be "
-                    "verified and rebuilt: restore the json (`git checkout -- "
-                    f"{record}`) or re-ship the model (`python -m lab train <config> --ship`)")
-    if not path.exists():
-        raise ValueError(f"{path} is missing; reinstall the lab or restore the file from git")
-    digest = sha256(path)
-    if digest != meta["sha256"]:
-        raise ChecksumError(f"{path} does not match its recorded sha256 ({digest[:12]}... != "
-                            f"{meta['sha256'][:12]}...): the file is corrupt or was changed; "
-                            "restore it with `git checkout -- lab/weights`")
+    path = Path(folder) / f"{name}.safetensors"
+    verify(path, meta["sha256"])
     if meta["kind"] not in registry.kinds():
         raise ValueError(f"{name} is a {meta['kind']!r} model, which this lab does not know "
                          f"(known kinds: {', '.join(registry.kinds())})")

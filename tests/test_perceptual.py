@@ -1,5 +1,6 @@
 """The shipped feature networks, the perceptual loss, and FID/KID against fashion-test."""
 
+import json
 import shutil
 
 import pytest
@@ -83,6 +84,22 @@ def test_tampered_copies_raise_checksum_error(tmp_path):
         with pytest.raises(zoo.ChecksumError):
             zoo.load(name, folder=tmp_path)
     with pytest.raises(zoo.ChecksumError):
+        fidlib.reference_features("fashion-test", folder=tmp_path)
+
+
+def test_a_reference_json_without_its_checksums_says_how_to_fix_it(tmp_path):
+    for ext in ("safetensors", "json"):
+        shutil.copy(zoo.WEIGHTS / f"fashion-test-features.{ext}", tmp_path)
+    record = tmp_path / "fashion-test-features.json"
+    meta = json.loads(record.read_text())
+    del meta["classifier_sha256"]
+    record.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"fashion-test-features.json records no "
+                       r"classifier_sha256.*train_classifiers features"):
+        fidlib.reference_features("fashion-test", folder=tmp_path)
+    del meta["sha256"]
+    record.write_text(json.dumps(meta))
+    with pytest.raises(zoo.ChecksumError, match="records no sha256 or classifier_sha256"):
         fidlib.reference_features("fashion-test", folder=tmp_path)
 
 
