@@ -32,12 +32,10 @@ from . import rules as _rules
 from . import schedules
 from .io import write_json
 from .sample import NonFiniteError, sample
-from .seeding import noise
+from .seeding import CALIBRATION_SEED, noise
 
 __all__ = ["optimize", "OptimizedSchedule", "CALIBRATION_SEED", "cache_dir", "fingerprint"]
 
-#: Calibration noise comes from this seed, which no study or test samples from.
-CALIBRATION_SEED = 7_000_003
 CACHE_ENV = "LAB_CACHE"
 VERSION = 1
 

@@ -12,7 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["noise", "NoiseSource", "derive_seed", "random_seed"]
+__all__ = ["noise", "NoiseSource", "derive_seed", "random_seed", "CALIBRATION_SEED"]
+
+#: Noise for calibrating (tuned schedules, tuned rules) comes from this seed, which no
+#: study or test samples from: a tuned configuration is never scored on its own noise.
+CALIBRATION_SEED = 7_000_003
 
 
 def derive_seed(*key: int) -> int:
