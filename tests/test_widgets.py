@@ -70,6 +70,15 @@ def test_a_choice_param_gets_a_dropdown_of_its_choices():
     assert lw.param_control(p, "c").value == "c"
 
 
+def test_metric_factories_live_once_in_lab_metrics():
+    for name in ("exact_error", "sliced_wasserstein_to", "fid_metric", "default_metric"):
+        assert getattr(lw, name) is getattr(lab.metrics, name)  # handed on, not copied
+    gauss = lab.models.Gaussian(torch.tensor([0.5, 0.0]), torch.tensor([[1.0, 0.3], [0.3, 0.5]]))
+    traj = reference(gauss, "euler", 4, seed=0)
+    exact = lab.metrics.exact_solution(gauss, traj.xs[0].double(), float(traj.sigmas[0]), 0.0)
+    assert lab.metrics.exact_error(gauss)(traj) == lab.metrics.max_abs_error(traj.x, exact) > 0
+
+
 def test_widgets_know_no_rule_by_name():
     import inspect
 
