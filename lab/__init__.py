@@ -9,14 +9,15 @@
 # models, noise_level and perceptual define the model kinds lab.load rebuilds (lab.registry)
 from . import data, metrics, models, noise_level, perceptual, rules, schedules, seeding
 from .denoiser import CallCounter, Denoiser
+from .recommend import recommend
 from .sample import NonFiniteError, Step, sample, sample_at_budget, steps, try_sample_at_budget
 from .seeding import noise
-from .recommend import recommend
 from .trajectory import Trajectory
 from .zoo import load
 
 __version__ = "0.1.0"
 
 __all__ = ["Denoiser", "CallCounter", "NonFiniteError", "Step", "Trajectory", "data", "load",
-           "metrics", "models", "noise", "recommend", "rules", "sample", "sample_at_budget",
-           "schedules", "seeding", "steps", "try_sample_at_budget"]
+           "metrics", "models", "noise", "noise_level", "perceptual", "recommend", "rules",
+           "sample", "sample_at_budget", "schedules", "seeding", "steps",
+           "try_sample_at_budget"]
