@@ -1,5 +1,7 @@
 """``python -m experiments <study> [--fast] [--limit N] [--workers N] [--compile] ...``.
 
+(``python -m experiments tune <rule> --budget B ...`` tunes a rule: :mod:`experiments.tune`.)
+
 Runs a study of ``experiments/studies/`` (or any importable module, by dotted name)
 through :func:`lab.study.run`: the cells not yet in ``<out>/rows.jsonl`` one by one, a
 row written atomically after each, then the study's plots and ``summary.md``. Stop it
@@ -51,6 +53,12 @@ def default_out(name: str, fast: bool) -> Path:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tune"]:  # python -m experiments tune <rule> --budget B ...
+        from experiments import tune
+
+        tune.main(argv[1:])
+        return 0
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n")[0])
     p.add_argument("study", nargs="?", help="a study of experiments/studies (none: list them)")
     p.add_argument("--fast", action="store_true", help="the small version (fewer samples, NFE)")

@@ -1,6 +1,8 @@
 """lab.tune: optuna over a rule's declared parameters and the schedule's, resumable from
 its SQLite file, never worse than the defaults it starts from, and reproducible."""
 
+import json
+
 import pytest
 import torch
 
@@ -61,3 +63,20 @@ def test_bad_requests(model, tmp_path):
         tune.search_space("euler", bare)
     assert torch.is_tensor(tune.Tuned("euler", {}, {"sigma_min": 0.01, "sigma_max": 10.0,
                                                     "rho": 7.0}, 0.0, 1, 3, "exact").build()[1])
+
+
+def test_the_command_writes_best_json_that_the_frontier_study_reads(tmp_path):
+    from experiments.__main__ import main
+    from experiments.studies import few_step_frontier
+
+    assert main(["tune", "ghvb", "--budget", "4", "--model", "mixture", "--trials", "3",
+                 "--calibration", "16", "--out", str(tmp_path)]) == 0
+    best = json.loads((tmp_path / "best.json").read_text())
+    entry = best["mixture/ghvb/4"]
+    assert entry["trials"] == 3 and entry["objective"] == "exact" and "r" in entry["params"]
+    assert (tmp_path / "tune.db").exists()
+    entry["model"] = few_step_frontier.MODEL  # as if tuned on the study's model
+    (tmp_path / "best.json").write_text(json.dumps(best))
+    (spec,) = few_step_frontier.tuned_rules(tmp_path / "best.json")
+    assert spec["rule"] == "ghvb" and spec["budgets"] == [4]
+    assert spec["schedule"] == {"karras": entry["schedule"]}
