@@ -7,13 +7,27 @@
 """
 
 # models, noise_level and perceptual define the model kinds lab.load rebuilds (lab.registry)
-from . import data, metrics, models, noise_level, perceptual, rules, schedules, seeding
+from . import (
+    data,
+    metrics,
+    models,
+    noise_level,
+    perceptual,
+    rules,
+    schedule_search,
+    schedules,
+    seeding,
+)
 from .denoiser import CallCounter, Denoiser
 from .recommend import recommend
 from .sample import NonFiniteError, Step, sample, sample_at_budget, steps, try_sample_at_budget
 from .seeding import noise
 from .trajectory import Trajectory
 from .zoo import load
+
+# lab.schedules.optimize samples, so it lives upstairs (lab.schedule_search); attaching it
+# here keeps lab.schedules importing nothing above it.
+schedules.optimize = schedule_search.optimize
 
 __version__ = "0.1.0"
 

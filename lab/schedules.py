@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["karras", "exponential", "linear", "from_alphas_cumprod", "validate", "optimize"]
+__all__ = ["karras", "exponential", "linear", "from_alphas_cumprod", "validate"]
 
 
 def _check_range(n, sigma_min, sigma_max, append_zero):
@@ -144,10 +144,3 @@ def validate(sigmas) -> Tensor:
         raise ValueError(f"sigmas must be >= 0, the last is {float(sigmas[-1]):.6g}")
     return sigmas
 
-
-def optimize(model, budget: int, rule, **options):
-    """The ``budget``-call schedule of ``rule`` on ``model`` tuned against the ODE's
-    solution; see :func:`lab.schedule_search.optimize` (options, cost and cache)."""
-    from .schedule_search import optimize as search  # it samples, so it sits upstairs
-
-    return search(model, budget, rule, **options)
