@@ -9,6 +9,7 @@
 # models, noise_level and perceptual define the model kinds lab.load rebuilds (lab.registry)
 from . import (
     data,
+    guidance,
     metrics,
     models,
     noise_level,
@@ -19,6 +20,7 @@ from . import (
     seeding,
 )
 from .denoiser import CallCounter, Denoiser
+from .guidance import img2img, inpaint
 from .recommend import recommend
 from .sample import NonFiniteError, Step, sample, sample_at_budget, steps, try_sample_at_budget
 from .seeding import noise
@@ -32,6 +34,7 @@ schedules.optimize = schedule_search.optimize
 __version__ = "0.1.0"
 
 __all__ = ["Denoiser", "CallCounter", "NonFiniteError", "Step", "Trajectory", "data", "load",
+           "guidance", "img2img", "inpaint",
            "metrics", "models", "noise", "noise_level", "perceptual", "recommend", "rules",
            "sample", "sample_at_budget", "schedules", "seeding", "steps",
            "try_sample_at_budget"]

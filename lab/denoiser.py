@@ -14,7 +14,11 @@ from torch import Tensor, nn
 
 from .tensors import per_sample
 
-__all__ = ["Denoiser", "CallCounter", "eps", "score", "as_sigma", "sigma_dtype"]
+__all__ = ["Denoiser", "CallCounter", "eps", "score", "as_sigma", "sigma_dtype", "NO_COND"]
+
+#: The default of ``Denoiser.forward``'s ``cond``: no conditioning given (None is the
+#: null class of a conditional model).
+NO_COND = object()
 
 
 def as_sigma(sigma, x: Tensor) -> Tensor:
@@ -77,13 +81,29 @@ class Denoiser(nn.Module):
     sigma_min: float = 0.0
     sigma_max: float = math.inf
     sample_shape: tuple[int, ...] | None = None
+    #: Class-conditional models are called ``model(x, sigma, cond)`` and implement
+    #: ``denoise(x, sigma, cond)``; see :meth:`check_cond`.
+    conditional: bool = False
 
-    def forward(self, x: Tensor, sigma) -> Tensor:
+    def forward(self, x: Tensor, sigma, cond=NO_COND) -> Tensor:
         s = as_sigma(sigma, x)
         if self.sample_shape is not None and tuple(x.shape[1:]) != tuple(self.sample_shape):
             raise ValueError(f"{type(self).__name__} expects samples of shape (B, "
                              f"{', '.join(map(str, self.sample_shape))}), got {tuple(x.shape)}")
-        return self.denoise(x, s)
+        if not self.conditional:
+            if cond is not NO_COND:
+                raise TypeError(f"{type(self).__name__} is unconditional: call it as "
+                                "model(x, sigma), without a cond")
+            return self.denoise(x, s)
+        if cond is NO_COND:
+            raise TypeError(f"{type(self).__name__} is class-conditional: call it as model(x, "
+                            "sigma, cond) with cond a (B,) tensor of class ids, or None for the "
+                            "null class; to sample, wrap it: lab.guidance.cfg(model, cond, scale)")
+        return self.denoise(x, s, self.check_cond(cond, x))
+
+    def check_cond(self, cond, x: Tensor) -> Tensor:  # pragma: no cover - conditional only
+        """The validated conditioning a conditional model's ``denoise`` receives."""
+        raise NotImplementedError
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -151,11 +151,13 @@ def sample(model, x: Tensor, sigmas, rule: Rule | str, *, seed: int | None = Non
     ``record="final"`` keeps only the last state (for large sweeps). ``callback(step)``
     sees every step's record; ``progress=True`` shows a tqdm bar. ``sigma_estimate``
     as in :func:`steps`; the estimates land in ``traj.sigma_hats``. ``traj.meta["seed"]``
-    is the seed the run used, drawn when none was given, so any run can be repeated.
+    is the seed the run used, drawn when none was given, so any run can be repeated; a
+    guided model's network evaluations land in ``traj.meta["network_evaluations"]``.
     """
     if record not in ("all", "final"):
         raise ValueError(f"record must be 'all' or 'final', got {record!r}")
     r = _prepare(model, x, sigmas, rule, seed, sigma_estimate)
+    evaluations = getattr(model, "network_evaluations", None)  # guided models count theirs
     xs, x0s, nfe, seconds, sigma_hats = [r.x.detach().clone()], [], [], [], []
     run = _run(r)
     if progress:
@@ -175,6 +177,8 @@ def sample(model, x: Tensor, sigmas, rule: Rule | str, *, seed: int | None = Non
         if step.sigma_hat is not None:
             sigma_hats.append(step.sigma_hat)
     meta = {"seed": r.seed, "rule": r.rule.config}
+    if evaluations is not None:  # per-sample network passes beside the model calls (NFE)
+        meta["network_evaluations"] = model.network_evaluations - evaluations
     if sigma_estimate is not None:
         meta["sigma_estimate"] = str(sigma_estimate)
     return Trajectory(torch.stack(xs), torch.stack(x0s), r.sigmas, nfe, seconds,

@@ -2,7 +2,7 @@
 
 from .analytic import Empirical, Gaussian, GaussianMixture
 from .diffusers import TIMESTEP_MAPPINGS, DiffusersDenoiser, from_diffusers
-from .networks import EDM, MLP, NoisePredictor, UNet
+from .networks import EDM, MLP, ConditionalEDM, NoisePredictor, UNet
 from .vp_export import (
     VPEpsilonModel,
     carries_vp_sample,
@@ -13,6 +13,7 @@ from .vp_export import (
 )
 
 __all__ = ["Gaussian", "GaussianMixture", "Empirical", "DiffusersDenoiser", "from_diffusers",
-           "TIMESTEP_MAPPINGS", "EDM", "NoisePredictor", "MLP", "UNet", "to_diffusers",
+           "TIMESTEP_MAPPINGS", "EDM", "ConditionalEDM", "NoisePredictor", "MLP", "UNet",
+           "to_diffusers",
            "VPEpsilonModel", "carries_vp_sample", "scheduler_sigmas", "scheduler_steps",
            "sample_with_scheduler"]

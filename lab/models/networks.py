@@ -31,7 +31,7 @@ from ..denoiser import Denoiser
 from ..registry import register
 from ..tensors import per_sample, rms
 
-__all__ = ["MLP", "UNet", "EDM", "NoisePredictor", "NETWORKS", "rms"]
+__all__ = ["MLP", "UNet", "EDM", "ConditionalEDM", "NoisePredictor", "NETWORKS", "rms"]
 
 
 class MLP(nn.Module):
@@ -83,19 +83,23 @@ class UNet(nn.Module):
         self.unet = UNet2DModel(**self.config)
         self._compiled = None
 
-    def _slice(self, x: Tensor, t: Tensor) -> Tensor:
+    def _slice(self, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
         if compile_requested() and not torch.is_grad_enabled():
             if self._compiled is None:
                 self._compiled = torch.compile(self.unet.forward, dynamic=False)
-            return self._compiled(x, t).sample
-        return self.unet(x, t).sample
+            return self._compiled(x, t, class_labels=labels).sample
+        return self.unet(x, t, class_labels=labels).sample
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None
+                ) -> Tensor:
+        """``class_labels`` (B,) feed the UNet's class embedding (``num_class_embeds``)."""
         t = (250 * (c_noise + 2)).clamp(0, 1000).to(x.dtype)
         if x.shape[0] <= self.max_batch:
-            return self._slice(x, t)
-        return torch.cat([self._slice(xs, ts) for xs, ts in
-                          zip(x.split(self.max_batch), t.split(self.max_batch))])
+            return self._slice(x, t, class_labels)
+        labels = (class_labels.split(self.max_batch) if class_labels is not None
+                  else [None] * len(t.split(self.max_batch)))
+        return torch.cat([self._slice(xs, ts, ls) for xs, ts, ls in
+                          zip(x.split(self.max_batch), t.split(self.max_batch), labels)])
 
 
 NETWORKS = {"mlp": MLP, "unet": UNet}
@@ -153,29 +157,92 @@ class EDM(Denoiser):
         c_noise = sigma.log() / 4 if self.sigma_input else torch.zeros_like(sigma)
         return c_skip, c_out, c_in, c_noise
 
-    def raw(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """The network's output F for the preconditioned input."""
+    def raw(self, x: Tensor, sigma: Tensor, *labels: Tensor) -> Tensor:
+        """The network's output F for the preconditioned input (``labels``: class ids of
+        a conditional model)."""
         _, _, c_in, c_noise = self.preconditioning(sigma)
-        return self.net(per_sample(c_in, x).to(x.dtype) * x, c_noise)
+        return self.net(per_sample(c_in, x).to(x.dtype) * x, c_noise, *labels)
 
-    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def denoise(self, x: Tensor, sigma: Tensor, *labels: Tensor) -> Tensor:
         c_skip, c_out, _, _ = self.preconditioning(sigma)
         return (per_sample(c_skip, x).to(x.dtype) * x
-                + per_sample(c_out, x).to(x.dtype) * self.raw(x, sigma))
+                + per_sample(c_out, x).to(x.dtype) * self.raw(x, sigma, *labels))
 
     def training_loss(self, x0: Tensor, sigma: Tensor, noise: Tensor, perceptual=None,
                       perceptual_weight: float = 0.0) -> Tensor:
         """EDM-weighted MSE, ``(s^2 + sd^2) / (s sd)^2 |D(x0 + s n) - x0|^2`` per sample,
         plus ``perceptual_weight * perceptual(D, x0)`` when a feature distance is given;
         the batch mean."""
+        denoised = self(x0 + per_sample(sigma, x0) * noise, sigma)
+        return self.weighted_loss(denoised, x0, sigma, perceptual, perceptual_weight)
+
+    def weighted_loss(self, denoised: Tensor, x0: Tensor, sigma: Tensor, perceptual=None,
+                      perceptual_weight: float = 0.0) -> Tensor:
+        """The loss of :meth:`training_loss` for a given ``denoised``."""
         s = per_sample(sigma, x0)
-        denoised = self(x0 + s * noise, sigma)
         sd = self.sigma_data
         weight = (s**2 + sd**2) / (s * sd) ** 2
         loss = (weight * (denoised - x0) ** 2).flatten(1).mean(1)
         if perceptual is not None:
             loss = loss + perceptual_weight * perceptual(denoised, x0)
         return loss.mean()
+
+
+@register("edm-cond")
+class ConditionalEDM(EDM):
+    """A class-conditional EDM: the UNet's class embedding (``num_classes`` classes and
+    one null class, id ``num_classes``) joins its time embedding. Called as
+    ``cm(x, sigma, cond)`` with ``cond`` a ``(B,)`` long tensor of class ids, or None for
+    the null class (the unconditional model classifier-free guidance needs); trained
+    with each label dropped to the null class with probability ``label_dropout`` (Ho &
+    Salimans 2022: 0.1). ``lab.guidance.cfg`` turns it into a Denoiser any rule drives.
+    """
+
+    conditional = True
+
+    def __init__(self, num_classes: int = 10, label_dropout: float = 0.1, **edm_config):
+        network_config = {**(edm_config.pop("network_config", None) or {}),
+                          "num_class_embeds": num_classes + 1}
+        super().__init__(network_config=network_config, **edm_config)
+        if not 0 <= label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        self.num_classes, self.label_dropout = int(num_classes), float(label_dropout)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def config(self) -> dict:
+        return {**super().config, "num_classes": self.num_classes,
+                "label_dropout": self.label_dropout}
+
+    def check_cond(self, cond, x: Tensor) -> Tensor:
+        """``(B,)`` class ids on x's device; None becomes the null class."""
+        batch = x.shape[0]
+        if cond is None:
+            return torch.full((batch,), self.null_class, dtype=torch.long, device=x.device)
+        if not isinstance(cond, Tensor) or cond.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"cond must be a (B,) long tensor of class ids or None, got "
+                            f"{cond!r:.60}")
+        if cond.shape != (batch,):
+            raise ValueError(f"cond has shape {tuple(cond.shape)}; it needs one class id per "
+                             f"sample, shape ({batch},)")
+        if bool(((cond < 0) | (cond >= self.num_classes)).any()):
+            raise ValueError(f"class ids must be in 0..{self.num_classes - 1} (None for the "
+                             f"null class), got {sorted(set(cond.tolist()))}")
+        return cond.to(device=x.device, dtype=torch.long)
+
+    def training_loss(self, x0: Tensor, sigma: Tensor, noise: Tensor, labels: Tensor,
+                      generator: torch.Generator | None = None, perceptual=None,
+                      perceptual_weight: float = 0.0) -> Tensor:
+        """The EDM loss of ``D(x0 + s n, s, label)``, each label dropped to the null class
+        with probability ``label_dropout`` (drawn from ``generator``, so a resumed run
+        draws the same)."""
+        drop = torch.rand(labels.shape, generator=generator) < self.label_dropout
+        labels = torch.where(drop, self.null_class, labels)  # ids users may not pass
+        denoised = self.denoise(x0 + per_sample(sigma, x0) * noise, sigma, labels)
+        return self.weighted_loss(denoised, x0, sigma, perceptual, perceptual_weight)
 
 
 @register("noise")
