@@ -1,5 +1,10 @@
 """``python -m experiments <study> [--fast] [--limit N] [--workers N] [--compile] ...``.
 
+Where cells run: ``--workers N`` local processes, or ``--backend ray [--address ADDR]
+[--cpus-per-cell N] [--gpus-per-cell F]`` (Ray tasks, :func:`lab.study.ray_map`); on
+``--device cpu|cuda|mps`` in ``--dtype float32|bfloat16|float16`` (default: the study's
+own precision; :mod:`lab.study.placement`).
+
 (``python -m experiments tune <rule> --budget B ...`` tunes a rule: :mod:`experiments.tune`.)
 
 Runs a study of ``experiments/studies/`` (or any importable module, by dotted name)
@@ -70,6 +75,22 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1,
                    help="run cells in this many processes, one torch thread each")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: this process (or --workers processes); ray: one Ray task a cell")
+    p.add_argument("--address", help="with --backend ray: the cluster's host:port, or auto "
+                                      "(the cluster `ray start` joined here); default: a new "
+                                      "Ray on this machine")
+    p.add_argument("--cpus-per-cell", type=float,
+                   help="with --backend ray: CPUs each cell reserves (default 1; a cell still "
+                        "computes on one torch thread)")
+    p.add_argument("--gpus-per-cell", type=float,
+                   help="with --backend ray: GPUs each cell reserves, a fraction to share one "
+                        "(default 1 with --device cuda, else 0)")
+    p.add_argument("--device", default="cpu",
+                   help="where cells sample: cpu, cuda (cuda:N) or mps (default cpu)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="precision cells sample in (default: the study's own; sigma arithmetic "
+                        "stays float32 or better)")
     p.add_argument("--compile", action="store_true",
                    help="run UNets through torch.compile (LAB_COMPILE=1): about 1.4x faster "
                         "per model call on a CPU; outputs agree with eager to float rounding")
@@ -81,6 +102,11 @@ def main(argv=None) -> int:
 
     from lab import study as runner
 
+    try:
+        backend, placement = _backend(args, runner)
+    except (runner.StudyError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.study is None:
         for name, line in available().items():
             print(f"{name:20s} {line}")
@@ -96,8 +122,7 @@ def main(argv=None) -> int:
         return 0
     try:
         rows = runner.run(module, out, fast=args.fast, limit=0 if args.render_only else args.limit,
-                          progress=not args.quiet,
-                          map=map if args.workers <= 1 else runner.process_map(args.workers))
+                          progress=not args.quiet, map=backend, placement=placement)
     except runner.StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -107,6 +132,31 @@ def main(argv=None) -> int:
     else:
         print(f"{total} cells done; {out / 'summary.md'}")
     return 0
+
+
+def _backend(args, runner):
+    """The map that runs the cells (from --backend, --workers, ...) and their placement
+    (--device, --dtype), every option checked before any cell runs."""
+    placement = runner.Placement(args.device, args.dtype)
+    ray_only = [f"--{name.replace('_', '-')}" for name in ("address", "cpus_per_cell",
+                                                           "gpus_per_cell")
+                if getattr(args, name) is not None]
+    if args.backend != "ray":
+        if ray_only:
+            raise ValueError(f"{', '.join(ray_only)} go with --backend ray")
+        placement.check()  # this machine runs the cells: it must have the device
+        return (map if args.workers <= 1 else runner.process_map(args.workers)), placement
+    if args.workers != 1:
+        raise ValueError("--workers is for the local backend; with --backend ray, Ray runs "
+                         "as many cells at once as the cluster has CPUs (see --cpus-per-cell)")
+    gpus = args.gpus_per_cell
+    if gpus is None:
+        gpus = 1 if args.device.startswith("cuda") else 0
+    if args.device.startswith("cuda") and gpus == 0:
+        raise ValueError("--device cuda with --gpus-per-cell 0: Ray hides the GPUs from a task "
+                         "that reserves none; give each cell a share, e.g. --gpus-per-cell 0.5")
+    cpus = 1 if args.cpus_per_cell is None else args.cpus_per_cell
+    return runner.ray_map(args.address, cpus_per_cell=cpus, gpus_per_cell=gpus), placement
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ the tables their summaries are built from.
   ``model(name)`` loader, the cell's starting noise sampled at its budget);
 - :mod:`.rows`: the one JSONL reader and writer of rows (NaN written as null), CSV;
 - :mod:`.tables`: Markdown tables, means over seeds, pivots;
-- :mod:`.provenance`: the git commit, torch version and compile flag every row records.
+- :mod:`.provenance`: the git commit, torch version and compile flag every row records;
+- :mod:`.placement`: the device and dtype cells sample on (``--device``, ``--dtype``);
+- :mod:`.ray_backend`: :func:`ray_map`, cells as Ray tasks (``--backend ray``).
 """
 
 from .cells import (
@@ -19,7 +21,9 @@ from .cells import (
     start_noise,
     threads,
 )
+from .placement import Placement, placed
 from .provenance import generated_note, git_commit, provenance
+from .ray_backend import RayBackendError, ray_map
 from .rows import columns_of, flat, plain, read_rows, write_csv, write_rows
 from .runner import (
     MANIFEST,
@@ -47,7 +51,8 @@ from .tables import (
 )
 
 __all__ = ["Study", "ReportedStudy", "check_study", "StudyError", "run", "status", "execute",
-           "process_map", "locked", "cell_label", "ROWS", "MANIFEST",
+           "process_map", "ray_map", "RayBackendError", "Placement", "placed", "locked",
+           "cell_label", "ROWS", "MANIFEST",
            "cell_key", "grid", "pin_weights", "threads", "model_loader", "start_noise",
            "sample_cell",
            "read_rows", "write_rows", "plain", "flat", "columns_of", "write_csv",

@@ -21,6 +21,7 @@ from .. import zoo
 from ..rules import get
 from ..sample import try_sample_at_budget
 from ..seeding import noise
+from .placement import place_model, place_sample, restore
 from .rows import canonical
 
 __all__ = ["cell_key", "grid", "pin_weights", "threads", "model_loader", "start_noise",
@@ -118,10 +119,15 @@ def sample_cell(model, cell: Mapping, schedule: Callable[[int], torch.Tensor], *
     :func:`lab.sample.try_sample_at_budget` with ``rule`` (default ``cell["rule"]`` with
     ``cell["params"]``) at ``cell["budget"]`` model calls on ``schedule``, seeded by
     ``cell["seed"]``. Returns ``(traj, "ok")`` or ``(None, status)``; ``kwargs`` go to
-    :func:`lab.sample` (e.g. ``sigma_estimate``)."""
+    :func:`lab.sample` (e.g. ``sigma_estimate``).
+
+    The sampling runs on the run's device and dtype (:mod:`lab.study.placement`: the
+    noise drawn here on the CPU, then moved); ``traj`` comes back on the CPU in
+    ``dtype``."""
     if rule is None:
         rule = get(cell["rule"], **cell.get("params", {}))
     x = start_noise(model, cell["samples"], cell["seed"], sigma_max, dtype)
-    return try_sample_at_budget(model, x, rule, cell["budget"], schedule, seed=cell["seed"],
-                                record=record, **kwargs)
-
+    traj, status = try_sample_at_budget(place_model(model), place_sample(x), rule,
+                                        cell["budget"], schedule, seed=cell["seed"],
+                                        record=record, **kwargs)
+    return restore(traj, x.dtype), status

@@ -51,15 +51,20 @@ def provenance() -> dict:
 
 def generated_note(rows: Sequence[Mapping], study_name: str) -> str:
     """The provenance line a summary starts with: rows, cell time, command, lab version
-    and commits of the rows, and how many cells ran compiled."""
+    and commits of the rows, how many cells ran compiled, and the devices and dtypes the
+    cells sampled on."""
     commits = sorted({str(r.get("git_commit"))[:10] + ("+dirty" if r.get("git_dirty") else "")
                       for r in rows})
     versions = sorted({str(r.get("lab_version")) for r in rows})
     seconds = sum(r.get("seconds") or 0 for r in rows)
     compiled = sum(r.get("compiled") is True for r in rows)
     unrecorded = sum("compiled" not in r for r in rows)
+    # Rows from before devices were recorded ran on the CPU in the study's own precision.
+    places = sorted({" ".join(str(r[k]) for k in ("device", "dtype") if r.get(k))
+                     for r in rows if r.get("device")})
     return (f"Generated from `rows.jsonl` ({len(rows)} cells, {seconds / 3600:.2f} h of cell "
             f"time) by `python -m experiments {study_name}`; lab {', '.join(versions)}, "
             f"commit {', '.join(commits)}."
             + (f" {compiled} of {len(rows)} cells ran with `--compile`." if compiled else "")
-            + (f" {unrecorded} rows predate the record of `--compile`." if unrecorded else ""))
+            + (f" {unrecorded} rows predate the record of `--compile`." if unrecorded else "")
+            + (f" Sampled on {', '.join(places)}." if places else ""))

@@ -6,7 +6,9 @@ A study satisfies :class:`Study` (usually a module of ``experiments/studies/``):
     rows = lab.study.run(my_study, "results/my_study", fast=False)
 
 A row is ``{"key", "study", "cell", "metrics", "nfe", "seconds", "lab_version",
-"git_commit", "git_dirty", "torch_version", "compiled", "finished"}``; :func:`lab.study.flat`
+"git_commit", "git_dirty", "torch_version", "compiled", "device", "dtype", "finished"}``
+(rows written before devices were recorded lack ``device`` and ``dtype``: the CPU, the
+study's own precision); :func:`lab.study.flat`
 merges cell and metrics for tables. Rows go through :func:`lab.study.write_rows` (whole
 file rewritten, then renamed: never a torn row). A run holds ``<out>/.lock`` (``flock``)
 so that two runs never write one folder, and removes temporary files a killed run left
@@ -29,6 +31,7 @@ from typing import Protocol
 
 from ..io import write_json
 from .cells import cell_key, threads
+from .placement import Placement, placed
 from .provenance import provenance
 from .rows import plain, read_rows, write_rows
 
@@ -123,23 +126,31 @@ def study_name(study) -> str:
     return name
 
 
-def execute(name: str, run_cell: Callable[[dict], Mapping], cell: Mapping) -> dict:
-    """Run one cell (on one torch thread) and return its row: the one unit of work a
-    backend distributes. Picklable with ``functools.partial(execute, name,
-    module.run_cell)`` when ``run_cell`` is a module-level function."""
+def execute(name: str, run_cell: Callable[[dict], Mapping], cell: Mapping, *,
+            placement: Placement | None = None) -> dict:
+    """Run one cell (on one torch thread, on ``placement``'s device and dtype) and return
+    its row: the one unit of work a backend distributes. Picklable with
+    ``functools.partial(execute, name, module.run_cell, placement=...)`` when ``run_cell``
+    is a module-level function."""
     cell = dict(cell)
     key = cell_key(cell)
+    placement = (placement or Placement()).check()  # where the cell runs: a worker's GPU
     start = time.perf_counter()
-    with threads(1):
+    with threads(1), placed(placement) as where:
         metrics = run_cell(dict(cell))
     seconds = time.perf_counter() - start
     if not isinstance(metrics, Mapping):
         raise TypeError(f"run_cell must return a dict of metrics, got "
                         f"{type(metrics).__name__} for cell {cell}")
+    if placement.moves and where.sampled is None:
+        raise StudyError(f"study {name!r} samples its cells without lab.study.sample_cell, so "
+                         f"--device {placement.device} and --dtype {placement.dtype} cannot "
+                         "place them; run it without --device and --dtype (or make its "
+                         "run_cell sample through lab.study.sample_cell)")
     metrics = plain(metrics, "metrics")
     nfe = metrics.get("nfe", cell.get("nfe"))
     return {"key": key, "study": name, "cell": cell, "metrics": metrics, "nfe": nfe,
-            "seconds": seconds, **provenance(),
+            "seconds": seconds, **provenance(), **where.record(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds")}
 
@@ -209,7 +220,7 @@ def locked(out_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _check_manifest(out_dir: Path, name: str, fast: bool):
+def _check_manifest(out_dir: Path, name: str, fast: bool, dtype: str | None):
     path = out_dir / MANIFEST
     if not path.exists():
         return
@@ -222,6 +233,12 @@ def _check_manifest(out_dir: Path, name: str, fast: bool):
             f"{out_dir} holds a {'--fast ' if old.get('fast') else ''}run of "
             f"{old.get('study')!r}, not a {'--fast ' if fast else ''}run of {name!r}; "
             "use another --out")
+    if old.get("dtype") != dtype:  # absent from a manifest: the study's own precision
+        own = "the study's own precision"
+        again = f"--dtype {old['dtype']}" if old.get("dtype") else "no --dtype"
+        raise StudyError(f"{out_dir} holds rows computed in {old.get('dtype') or own}, not in "
+                         f"{dtype or own}: rows of two precisions would mix; use another --out, "
+                         f"or {again}")
 
 
 def status(study, out_dir, fast: bool = False) -> list[tuple[str, dict, bool]]:
@@ -231,7 +248,8 @@ def status(study, out_dir, fast: bool = False) -> list[tuple[str, dict, bool]]:
 
 
 def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
-        progress: bool = True, map: Callable = map, render: bool = True) -> list[dict]:
+        progress: bool = True, map: Callable = map, render: bool = True,
+        placement: Placement | None = None) -> list[dict]:
     """Run the cells of ``study`` not yet in ``out_dir/rows.jsonl``; render when all are done.
 
     Each finished cell's row is added to ``rows.jsonl`` at once, atomically, so a run
@@ -245,14 +263,18 @@ def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
     An exception in a cell (or Ctrl-C) stops the run; the rows finished so far stay, and
     the next run starts with that cell. A ``study`` that is not a :class:`Study` is a
     :class:`StudyError` naming what it lacks.
+
+    ``placement`` (:class:`lab.study.Placement`, ``--device`` / ``--dtype``) is where
+    each cell samples; a folder keeps one dtype (another is a :class:`StudyError`).
     """
+    placement = placement or Placement()
     name = study_name(study)
     cells = _cells_of(study, fast)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ROWS
     with locked(out_dir):
-        _check_manifest(out_dir, name, fast)
+        _check_manifest(out_dir, name, fast, placement.dtype)
         for stale in out_dir.glob(".*.tmp"):  # left by a killed run; we hold the lock
             stale.unlink(missing_ok=True)
         rows = read_rows(path)
@@ -260,6 +282,7 @@ def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
         keys = [cell_key(c) for c in cells]
         write_json(out_dir / MANIFEST, {
             "study": name, "fast": fast,
+            **({"dtype": placement.dtype} if placement.dtype else {}),
             "description": (getattr(study, "__doc__", None) or "").strip().split("\n")[0],
             "cells": [{"key": k, "cell": c} for k, c in zip(keys, cells)]})
         pending = [c for c, k in zip(cells, keys) if k not in done]
@@ -272,7 +295,7 @@ def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
             bar = tqdm(total=len(cells), initial=len(cells) - sum(k not in done for k in keys),
                        desc=name, unit="cell", dynamic_ncols=True, file=sys.stderr)
         try:
-            work = functools.partial(execute, name, study.run_cell)
+            work = functools.partial(execute, name, study.run_cell, placement=placement)
             for row in map(work, pending):
                 if row["key"] in done:  # a backend that delivered one twice
                     continue
