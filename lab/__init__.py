@@ -23,6 +23,7 @@ from .denoiser import CallCounter, Denoiser
 from .guidance import img2img, inpaint
 from .recommend import recommend
 from .sample import NonFiniteError, Step, sample, sample_at_budget, steps, try_sample_at_budget
+from .scheduler import LabScheduler
 from .seeding import noise
 from .trajectory import Trajectory
 from .zoo import load
@@ -34,7 +35,7 @@ schedules.optimize = schedule_search.optimize
 __version__ = "0.1.0"
 
 __all__ = ["Denoiser", "CallCounter", "NonFiniteError", "Step", "Trajectory", "data", "load",
-           "guidance", "img2img", "inpaint",
+           "guidance", "img2img", "inpaint", "LabScheduler",
            "metrics", "models", "noise", "noise_level", "perceptual", "recommend", "rules",
            "sample", "sample_at_budget", "schedules", "seeding", "steps",
            "try_sample_at_budget"]
