@@ -62,10 +62,11 @@ def _check_reachable(address: str | None, timeout: float) -> None:
 
 
 def _connect(ray, address: str | None, timeout: float) -> bool:
-    """Join the cluster at ``address`` (or start a local one); True if this call did."""
+    """Join the cluster at ``address`` (or start a local one); True if this call did. A
+    Ray session this process already holds is used as it is."""
+    _check_reachable(address, timeout)
     if ray.is_initialized():
         return False
-    _check_reachable(address, timeout)
     try:
         ray.init(address=address or None, log_to_driver=False, include_dashboard=False)
     except ConnectionError as err:
