@@ -30,20 +30,17 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     DDPMPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
-    PNDMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
     UNet2DModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
 import lab
 from lab import LabScheduler
+from lab.models.diffusers import tiny_stable_diffusion
 
 TOL = 1e-4
 STEPS = 8
@@ -74,27 +71,14 @@ def _sharpen(net):
 
 @pytest.fixture(scope="module")
 def sd():
-    """A tiny Stable Diffusion pipeline with SD 1.x's scheduler config, and prompt and
-    negative embeddings from its random text encoder."""
+    """``lab.models.diffusers.tiny_stable_diffusion`` with a tiny random CLIP text encoder,
+    and prompt and negative embeddings from it."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32,
-        attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
-                        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), sample_size=8)
     text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                         num_attention_heads=4, vocab_size=100,
                                         max_position_embeddings=8, projection_dim=32))
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=None,
-                                   unet=_sharpen(unet.eval().requires_grad_(False)),
-                                   scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_stable_diffusion(seed=0, text_encoder=text.eval())
+    _sharpen(pipe.unet)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         embeds = text(torch.randint(0, 100, (BATCH, 8), generator=g))[0]
@@ -133,10 +117,6 @@ def run_ddpm(unet, scheduler, steps=10, seed=0):
 def rel(a, b) -> float:
     a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
     return float((a - b).norm() / b.norm())
-
-
-def sd_config(sd):
-    return sd[0].scheduler.config
 
 
 DPM = dict(algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True,

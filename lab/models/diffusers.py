@@ -33,6 +33,7 @@ from ..schedules import vp_sigmas
 from ..tensors import per_sample
 
 __all__ = ["DiffusersDenoiser", "from_diffusers", "TIMESTEP_MAPPINGS", "PREDICTION_TYPES",
+           "tiny_stable_diffusion",
            "sigma_to_timestep", "vp_scale", "x0_from_prediction"]
 
 #: How a sigma becomes the network's timestep:
@@ -224,3 +225,39 @@ def from_diffusers(unet, scheduler, timestep: str = "log",
 
     return cfg(model, model._check_embedding(encoder_hidden_states, "encoder_hidden_states"),
                scale=1.0)
+
+
+def tiny_stable_diffusion(seed: int = 0, text_encoder=None):
+    """A Stable Diffusion pipeline with tiny random weights, built from configs (nothing
+    downloaded): 4 x 8 x 8 latents, 32-d text embeddings, SD 1.x's noise schedule and
+    scheduler config. Its images are noise; it exercises the plumbing (schedulers, CFG,
+    call counts) at test speed. ``text_encoder``: None (pass ``prompt_embeds`` of shape
+    ``(B, L, 32)`` to the pipeline) or a text model of hidden size 32. No tokenizer.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+
+    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG untouched
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32,
+            attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                            block_out_channels=(8,), norm_num_groups=8,
+                            down_block_types=("DownEncoderBlock2D",),
+                            up_block_types=("UpDecoderBlock2D",), sample_size=8)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text_encoder, tokenizer=None,
+                                   unet=unet.eval().requires_grad_(False), scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
