@@ -5,10 +5,17 @@ class has ``training_loss(x0, sigma, noise)`` trains here (``EDM``'s also takes 
 ``perceptual`` term).
 
     python -m lab train experiments/configs/fashion-edm.json [--resume] [--ship]
+        [--device cpu|cuda|mps] [--dtype float32|bfloat16|float16]
 
 A run is a :class:`TrainConfig` (a json file). Checkpoints hold the model, EMA,
 optimiser, scheduler and random-generator state, so ``--resume`` continues to the
 bit-identical next step. ``--ship`` writes the EMA weights to ``lab/weights/``.
+
+Device and precision are run options, not part of the config: the batches are drawn on
+the CPU from the run's generator and then moved, so a run is the same stream of batches
+on every device. ``--dtype bfloat16`` / ``float16`` is mixed precision: the forward pass
+and loss under ``torch.autocast``, the weights, gradients, optimiser and EMA in float32
+(float16 adds a gradient scaler against underflow). float32 runs no autocast at all.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import registry, zoo
+from . import devices, registry, zoo
 from .io import atomic_path
 from .seeding import derive_seed
 
@@ -108,30 +115,35 @@ def build_model(spec: dict):
 
 
 class Trainer:
-    """Runs a :class:`TrainConfig`; ``checkpoint_dir`` holds ``last.pt``."""
+    """Runs a :class:`TrainConfig` on ``device`` in ``dtype`` (float32, or mixed precision
+    with float32 weights); ``checkpoint_dir`` holds ``last.pt``."""
 
-    def __init__(self, cfg: TrainConfig, checkpoint_dir, command: str | None = None):
+    def __init__(self, cfg: TrainConfig, checkpoint_dir, command: str | None = None, *,
+                 device: str = "cpu", dtype: str = "float32"):
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+        self.device, self.dtype = devices.device(device), devices.dtype(dtype)
         self.cfg = cfg
         self.dir = Path(checkpoint_dir)
         self.command = command or " ".join(shlex.quote(a) for a in sys.argv)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(derive_seed(cfg.seed, 1))  # network initialisation
-        self.model = build_model(cfg.model)
+        self.model = build_model(cfg.model).to(self.device)  # initialised on the CPU
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
-        self.gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 2))
+        self.gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 2))  # a CPU stream
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.dtype == torch.float16)
         self.step, self.wall, self.losses = 0, 0.0, []
         self.data = training_data(cfg)
         self.loss_terms = {}  # extra keyword arguments of the model's training_loss
         if cfg.loss == "perceptual":
             from .perceptual import perceptual_loss
 
-            net = zoo.load(cfg.perceptual_net)
+            net = zoo.load(cfg.perceptual_net).to(self.device)
             self.loss_terms = {"perceptual": lambda a, b: perceptual_loss(net, a, b),
                                "perceptual_weight": cfg.perceptual_weight}
 
@@ -152,7 +164,8 @@ class Trainer:
         return {"config": asdict(self.cfg), "step": self.step, "wall": self.wall,
                 "losses": self.losses, "model": self.model.state_dict(),
                 "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                "sched": self.sched.state_dict(), "gen": self.gen.get_state()}
+                "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
+                "scaler": self.scaler.state_dict()}
 
     def save_checkpoint(self) -> None:
         with atomic_path(self.checkpoint_path) as tmp:
@@ -163,7 +176,8 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         try:
-            state = torch.load(self.checkpoint_path, weights_only=False)
+            # on the CPU: the generator state stays there; load_state_dict moves the rest
+            state = torch.load(self.checkpoint_path, weights_only=False, map_location="cpu")
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
             raise ValueError(f"{self.checkpoint_path} is unreadable ({err}); delete it to start "
                              "over") from err
@@ -175,6 +189,8 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         self.gen.set_state(state["gen"])
+        if state.get("scaler"):  # absent from checkpoints older than mixed precision
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.wall, self.losses = state["step"], state["wall"], state["losses"]
         return True
 
@@ -188,19 +204,23 @@ class Trainer:
         else:
             sigma = (cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=g)).exp()
         noise = torch.randn(x0.shape, generator=g)
-        return x0, sigma, noise
+        return x0.to(self.device), sigma.to(self.device), noise.to(self.device)
 
     def train_step(self) -> float:
         self.model.train()
         x0, sigma, noise = self.batch()
-        loss = self.model.training_loss(x0, sigma, noise, **self.loss_terms)
+        with torch.autocast(self.device.type, dtype=self.dtype,
+                            enabled=self.dtype != torch.float32):
+            loss = self.model.training_loss(x0, sigma, noise, **self.loss_terms)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower lr "
                                      f"(now {self.sched.get_last_lr()[0]:.3g}) and resume")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()  # the scaler is a no-op unless float16
+        self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.sched.step()
         self.ema.update_parameters(self.model)
         self.step += 1
@@ -235,6 +255,7 @@ class Trainer:
         return zoo.save(model, self.cfg.name, folder=folder, half=half, training={
             "command": self.command, "config": asdict(self.cfg), "steps": self.step,
             "epochs": round(epochs, 3), "final_loss": round(self.final_loss, 6),
+            "device": str(self.device), "dtype": devices.dtype_name(self.dtype),
             "wall_seconds": round(self.wall, 1)})
 
 
@@ -248,10 +269,20 @@ def main(argv=None) -> int:
     p.add_argument("--until", type=int, default=None, help="stop at this step (resumable)")
     p.add_argument("--checkpoints", default="checkpoints", help="folder for checkpoints")
     p.add_argument("--ship", action="store_true", help="write the EMA weights to lab/weights")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (cuda:N) or mps (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=tuple(devices.DTYPES),
+                   help="float32, or mixed precision with float32 weights (default float32)")
     args = p.parse_args(argv)
+    try:
+        devices.device(args.device)
+    except (ValueError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}") from None
     cfg = load_config(args.config)
+    options = "".join(f" --{k} {v}" for k, v in (("device", args.device), ("dtype", args.dtype))
+                      if v != p.get_default(k))
     trainer = Trainer(cfg, Path(args.checkpoints) / cfg.name,
-                      command=f"python -m lab train {shlex.quote(args.config)} --ship")
+                      command=f"python -m lab train {shlex.quote(args.config)}{options} --ship",
+                      device=args.device, dtype=args.dtype)
     if trainer.checkpoint_path.exists() and not args.resume:
         raise SystemExit(f"{trainer.checkpoint_path} exists: pass --resume to continue it, or "
                          "delete it to start over")
