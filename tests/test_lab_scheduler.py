@@ -12,9 +12,9 @@ Which options make each pair match:
 - ``euler`` = ``EulerDiscreteScheduler(use_karras_sigmas=True)`` on the SD config: Karras
   sigmas over the spaced timesteps' range, fractional timesteps from ``_sigma_to_t`` (the
   lab's ``"log"`` map, the default with Karras sigmas). Euler carries ``x`` itself and
-  starts from ``noise * init_noise_sigma`` (``sigma_max`` with ``linspace`` spacing); the
-  LabScheduler carries the VP sample, so it is given that start in VP form,
-  ``noise * sigma_max / sqrt(1 + sigma_max^2)``.
+  starts from ``noise * init_noise_sigma`` (``sigma_max`` with ``linspace`` spacing,
+  ``sqrt(1 + sigma_max^2)`` with ``leading``); the LabScheduler carries the VP sample, so
+  it is given that start in VP form, ``noise * init_noise_sigma / sqrt(1 + sigma_max^2)``.
 - ``dpmpp_2m`` = ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
   use_karras_sigmas=True, lower_order_final=False, euler_at_final=False)``: its Karras
   sigmas span the whole table whatever the spacing (``timestep_spacing="linspace"`` in the
@@ -128,15 +128,17 @@ def sd_config_saved(sd):
     return dict(sd[0].scheduler.config)
 
 
-def test_euler_reproduces_euler_karras_in_stable_diffusion(sd, sd_config_saved):
-    euler = EulerDiscreteScheduler.from_config(sd_config_saved, use_karras_sigmas=True)
+@pytest.mark.parametrize("spacing", ["linspace", "leading"])
+def test_euler_reproduces_euler_karras_in_stable_diffusion(sd, sd_config_saved, spacing):
+    euler = EulerDiscreteScheduler.from_config(sd_config_saved, use_karras_sigmas=True,
+                                               timestep_spacing=spacing)
     euler.set_timesteps(STEPS)
-    start = float(euler.init_noise_sigma)
     noise = torch.randn(BATCH, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     ref = run_sd(sd, euler, latents=noise)
+    sigma_max = float(euler.sigmas[0])
     ours = run_sd(sd, LabScheduler.from_config(sd_config_saved, rule="euler",
-                                               use_karras_sigmas=True),
-                  latents=noise * start / np.sqrt(1 + start**2))
+                                               use_karras_sigmas=True, timestep_spacing=spacing),
+                  latents=noise * float(euler.init_noise_sigma) / np.sqrt(1 + sigma_max**2))
     assert rel(ours, ref) <= TOL
 
 
