@@ -23,7 +23,6 @@ from .denoiser import CallCounter, Denoiser
 from .guidance import img2img, inpaint
 from .recommend import recommend
 from .sample import NonFiniteError, Step, sample, sample_at_budget, steps, try_sample_at_budget
-from .scheduler import LabScheduler
 from .seeding import noise
 from .trajectory import Trajectory
 from .zoo import load
@@ -33,6 +32,17 @@ from .zoo import load
 schedules.optimize = schedule_search.optimize
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # LabScheduler subclasses diffusers' SchedulerMixin, which pulls in diffusers' scheduler
+    # stack (slow to import): loaded on first use; `from lab import LabScheduler` still works.
+    if name == "LabScheduler":
+        from .scheduler import LabScheduler
+
+        return LabScheduler
+    raise AttributeError(f"module 'lab' has no attribute {name!r}")
+
 
 __all__ = ["Denoiser", "CallCounter", "NonFiniteError", "Step", "Trajectory", "data", "load",
            "guidance", "img2img", "inpaint", "LabScheduler",
