@@ -22,6 +22,7 @@ Which options make each pair match:
 - In ``DDPMPipeline`` (no ``scale_model_input``, no ``init_noise_sigma``: VP samples only)
   ``euler`` = ``DDIMScheduler(timestep_spacing="trailing", clip_sample=False,
   set_alpha_to_one=True)`` with ``1000 % n == 0``, whole timesteps.
+- Prediction types: Euler also with ``v_prediction``, DDIM also with ``sample``.
 """
 
 import json
@@ -42,20 +43,14 @@ import lab
 from lab import LabScheduler
 from lab.models.diffusers import tiny_stable_diffusion
 
+from .test_to_diffusers import one_thread  # noqa: F401  (autouse: one thread for tiny nets)
+
 TOL = 1e-4
 STEPS = 8
 BATCH = 2
 
 # diffusers 0.42 calls np.array on torch tensors in set_timesteps (numpy 2 "copy" notice)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _sharpen(net):
@@ -128,16 +123,17 @@ def sd_config_saved(sd):
     return dict(sd[0].scheduler.config)
 
 
-@pytest.mark.parametrize("spacing", ["linspace", "leading"])
-def test_euler_reproduces_euler_karras_in_stable_diffusion(sd, sd_config_saved, spacing):
-    euler = EulerDiscreteScheduler.from_config(sd_config_saved, use_karras_sigmas=True,
-                                               timestep_spacing=spacing)
+@pytest.mark.parametrize("spacing, prediction", [("linspace", "epsilon"),
+                                                 ("leading", "v_prediction")])
+def test_euler_reproduces_euler_karras_in_stable_diffusion(sd, sd_config_saved, spacing,
+                                                           prediction):
+    options = dict(use_karras_sigmas=True, timestep_spacing=spacing, prediction_type=prediction)
+    euler = EulerDiscreteScheduler.from_config(sd_config_saved, **options)
     euler.set_timesteps(STEPS)
     noise = torch.randn(BATCH, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     ref = run_sd(sd, euler, latents=noise)
     sigma_max = float(euler.sigmas[0])
-    ours = run_sd(sd, LabScheduler.from_config(sd_config_saved, rule="euler",
-                                               use_karras_sigmas=True, timestep_spacing=spacing),
+    ours = run_sd(sd, LabScheduler.from_config(sd_config_saved, rule="euler", **options),
                   latents=noise * float(euler.init_noise_sigma) / np.sqrt(1 + sigma_max**2))
     assert rel(ours, ref) <= TOL
 
@@ -157,9 +153,11 @@ def test_ddpm_pipeline_parity(ddpm_unet):
     dpm = DPMSolverMultistepScheduler(**DPM)
     ours = LabScheduler.from_config(dpm.config, rule="dpmpp_2m", timestep_mapping="round")
     assert rel(run_ddpm(ddpm_unet, ours), run_ddpm(ddpm_unet, dpm)) <= TOL
-    ddim = DDIMScheduler(timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
-    ours = LabScheduler.from_config(ddim.config, rule="euler")
-    assert rel(run_ddpm(ddpm_unet, ours), run_ddpm(ddpm_unet, ddim)) <= TOL
+    for prediction in ("epsilon", "sample"):
+        ddim = DDIMScheduler(timestep_spacing="trailing", clip_sample=False,
+                             set_alpha_to_one=True, prediction_type=prediction)
+        ours = LabScheduler.from_config(ddim.config, rule="euler")
+        assert rel(run_ddpm(ddpm_unet, ours), run_ddpm(ddpm_unet, ddim)) <= TOL
     momentum = LabScheduler.from_config(ddim.config, rule="momentum", beta=0.5)
     assert rel(run_ddpm(ddpm_unet, momentum), run_ddpm(ddpm_unet, ddim)) > 10 * TOL
 
