@@ -148,6 +148,10 @@ class LabScheduler(SchedulerMixin, ConfigMixin):
                  timestep_mapping: str | None = None, rule: str = "euler",
                  rule_params: dict | None = None, **kwargs):
         params = {**(rule_params or {}), **kwargs}
+        for key, value in params.items():  # the config is JSON: rules inside by name
+            if isinstance(value, _rules.Rule):
+                raise TypeError(f"LabScheduler: give the inner rule by name ({key}="
+                                f"{value.name!r}); a Rule object cannot be saved in a config")
         if not isinstance(rule, str) or rule not in _rules.available():
             raise ValueError(f"LabScheduler: unknown rule {rule!r}; available: "
                              f"{', '.join(_rules.available())}")

@@ -33,6 +33,7 @@ import torch
 from diffusers import (
     DDIMScheduler,
     DDPMPipeline,
+    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     UNet2DModel,
@@ -215,6 +216,11 @@ def test_save_and_load_keep_the_rule(tmp_path, ddpm_unet, sd_config_saved):
     assert LabScheduler.from_config(loaded.config, rule="heun").rule.config_name == "heun"
     assert LabScheduler.from_config(loaded.config, beta=0.7).rule.config_name == \
         "momentum(beta=0.7)"
+    # inside a whole pipeline: model_index.json names lab's class, and loading finds it
+    DDPMPipeline(unet=ddpm_unet, scheduler=sched).save_pretrained(tmp_path / "pipeline")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipeline", local_files_only=True)
+    assert isinstance(pipe.scheduler, LabScheduler)
+    assert pipe.scheduler.rule.config_name == "momentum(beta=0.5)"
 
 
 def test_add_noise_is_the_vp_sample_at_the_timesteps_sigma():
@@ -249,6 +255,8 @@ def test_img2img_starts_inside_the_schedule(ddpm_unet):
     ({"rule": "momentum", "bogus": 1}, TypeError, r"unknown parameter\(s\) \['bogus'\]; it takes "
                                                   r"\['beta', 'lr_scale'\]"),
     ({"rule": "momentum", "beta": 2.0}, ValueError, "outside its valid range"),
+    ({"rule": "ancestral", "rule_params": {"rule": lab.rules.get("heun")}}, TypeError,
+     "give the inner rule by name"),
     ({"prediction_type": "flow_prediction"}, ValueError, "prediction_type is 'flow_prediction'"),
     ({"beta_schedule": "cosine"}, ValueError, "beta_schedule must be one of"),
     ({"timestep_mapping": "nearest"}, ValueError, "timestep_mapping must be"),
