@@ -93,14 +93,19 @@ def load_config(path) -> TrainConfig:
         raise ValueError(f"{path} is not a valid training config: {err}") from err
 
 
-def training_data(cfg: TrainConfig) -> Tensor:
+def training_data(cfg: TrainConfig) -> tuple[Tensor, Tensor | None]:
+    """``(images, labels)``; the 2-D toys have no labels (None)."""
     from . import data
 
+    labels = None
     if cfg.data == "fashion-mnist":
-        images, _ = data.fashion_mnist("train")
+        images, labels = data.fashion_mnist("train")
     else:
         images = data.toy(cfg.data, cfg.data_size or 100_000, seed=derive_seed(cfg.seed, 7))
-    return images[: cfg.data_size] if cfg.data_size else images
+    if cfg.data_size:
+        images = images[: cfg.data_size]
+        labels = labels[: cfg.data_size] if labels is not None else None
+    return images, labels
 
 
 def _takes_perceptual(cls) -> bool:
@@ -138,7 +143,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.dtype == torch.float16)
         self.step, self.wall, self.losses = 0, 0.0, []
-        self.data = training_data(cfg)
+        self.data, self.labels = training_data(cfg)
+        # A model whose training_loss takes labels (class-conditional) gets the batch's,
+        # and one that takes a generator draws its own randomness (label dropout) from the
+        # trainer's stream, so a resumed run draws the same.
+        takes = inspect.signature(type(self.model).training_loss).parameters
+        self.wants_labels, self.wants_generator = "labels" in takes, "generator" in takes
+        if self.wants_labels and self.labels is None:
+            raise ValueError(f"a {cfg.model['kind']!r} model trains on labelled data; "
+                             f"{cfg.data!r} has no labels (use 'fashion-mnist')")
         self.loss_terms = {}  # extra keyword arguments of the model's training_loss
         if cfg.loss == "perceptual":
             from .perceptual import perceptual_loss
@@ -204,14 +217,19 @@ class Trainer:
         else:
             sigma = (cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=g)).exp()
         noise = torch.randn(x0.shape, generator=g)
-        return x0.to(self.device), sigma.to(self.device), noise.to(self.device)
+        extra = {}
+        if self.wants_labels:
+            extra["labels"] = self.labels[idx].to(self.device)
+        if self.wants_generator:
+            extra["generator"] = g
+        return x0.to(self.device), sigma.to(self.device), noise.to(self.device), extra
 
     def train_step(self) -> float:
         self.model.train()
-        x0, sigma, noise = self.batch()
+        x0, sigma, noise, extra = self.batch()
         with torch.autocast(self.device.type, dtype=self.dtype,
                             enabled=self.dtype != torch.float32):
-            loss = self.model.training_loss(x0, sigma, noise, **self.loss_terms)
+            loss = self.model.training_loss(x0, sigma, noise, **extra, **self.loss_terms)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower lr "
                                      f"(now {self.sched.get_last_lr()[0]:.3g}) and resume")

@@ -82,3 +82,25 @@ def test_cfg_drives_it_with_any_rule(cm):
     sig = lab.schedules.karras(3)
     traj = lab.sample(g, lab.noise((2, 1, 28, 28)) * sig[0], sig, "dpmpp_2m")
     assert traj.nfe == 3 and traj.meta["network_evaluations"] == 2 * 2 * 3
+
+
+def test_it_trains_on_labelled_fashion_mnist_and_resumes_bit_identically(tmp_path):
+    from lab.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(name="cond", model={"kind": "edm-cond", "network": "unet",
+                                          "sigma_data": 0.71, "network_config": TINY,
+                                          "label_dropout": 0.5},
+                      data="fashion-mnist", data_size=256, steps=6, batch_size=16, lr=2e-3,
+                      warmup=2, checkpoint_every=3, seed=0, threads=2)
+    straight = Trainer(cfg, tmp_path / "a")
+    straight.run(progress=False)
+    interrupted = Trainer(cfg, tmp_path / "b")
+    interrupted.run(until=3, progress=False)
+    resumed = Trainer(cfg, tmp_path / "b")
+    assert resumed.resume()
+    resumed.run(progress=False)
+    assert resumed.losses == straight.losses  # label dropout drawn from the saved stream
+    with pytest.raises(ValueError, match="labelled data"):
+        Trainer(TrainConfig(name="x", model={"kind": "edm-cond", "network": "unet",
+                                             "network_config": TINY},
+                            data="two_moons", data_size=64), tmp_path / "c")

@@ -239,7 +239,7 @@ class ConditionalEDM(EDM):
         """The EDM loss of ``D(x0 + s n, s, label)``, each label dropped to the null class
         with probability ``label_dropout`` (drawn from ``generator``, so a resumed run
         draws the same)."""
-        drop = torch.rand(labels.shape, generator=generator) < self.label_dropout
+        drop = torch.rand(labels.shape, generator=generator).to(labels.device) < self.label_dropout
         labels = torch.where(drop, self.null_class, labels)  # ids users may not pass
         denoised = self.denoise(x0 + per_sample(sigma, x0) * noise, sigma, labels)
         return self.weighted_loss(denoised, x0, sigma, perceptual, perceptual_weight)
