@@ -179,18 +179,17 @@ def test_heun_makes_2n_minus_1_unet_calls_in_stable_diffusion(sd, sd_config_save
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("rule, params", [
-    ("midpoint", {}), ("rk4", {}), ("nesterov", {"beta": 0.5}), ("langevin", {}),
-    ("dpmpp_3m", {}), ("ancestral", {})])
-def test_unet_calls_equal_the_rules_nfe(ddpm_unet, rule, params):
+# every registered rule but afs, which replaces the first call (refused: see below)
+@pytest.mark.parametrize("rule", [r for r in lab.rules.available() if r != "afs"])
+def test_every_rule_runs_with_its_nfe_in_unet_calls(ddpm_unet, rule):
     calls, hook = count_calls(ddpm_unet)
     try:
-        sched = LabScheduler(rule=rule, **params)
-        run_ddpm(ddpm_unet, sched, steps=5)
+        sched = LabScheduler(rule=rule)
+        out = run_ddpm(ddpm_unet, sched, steps=5)
     finally:
         hook.remove()
-    assert len(calls) == lab.rules.nfe(lab.rules.get(rule, **params), sched.lab_schedule)
-    assert len(calls) == len(sched.timesteps)
+    assert len(calls) == lab.rules.nfe(rule, sched.lab_schedule) == len(sched.timesteps)
+    assert torch.isfinite(out).all()
 
 
 def test_a_stochastic_rule_follows_the_pipelines_generator(ddpm_unet):
