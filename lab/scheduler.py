@@ -189,6 +189,13 @@ class LabScheduler(SchedulerMixin, ConfigMixin):
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
         """diffusers' ``from_config``; keyword arguments that are not scheduler options are
         the rule's parameters. Naming a ``rule`` drops the parameters of the config's."""
+        source = dict(config or {})
+        no_betas = not {"beta_schedule", "beta_start", "trained_betas"} & set(source)
+        if "FlowMatch" in str(source.get("_class_name", "")) or (no_betas and "shift" in source):
+            raise ValueError(f"LabScheduler serves VP (DDPM-family) pipelines; this config is a "
+                             f"flow-matching scheduler's ({source.get('_class_name', 'shift')}: "
+                             "SD3, Flux, ...), whose model is not a VP denoiser: keep its own "
+                             "scheduler")
         options = set(cls._get_init_keys(cls)) - {"self", "kwargs"}
         params = {k: kwargs.pop(k) for k in list(kwargs) if k not in options}
         if "rule" in kwargs:

@@ -265,6 +265,13 @@ def test_bad_input_names_the_way_out(kwargs, error, match):
         LabScheduler(**kwargs)
 
 
+def test_a_flow_matching_config_is_refused():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    with pytest.raises(ValueError, match="flow-matching scheduler's"):
+        LabScheduler.from_config(FlowMatchEulerDiscreteScheduler().config, rule="euler")
+
+
 def test_a_rule_that_does_not_start_on_the_latents_is_refused():
     sd_table = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     sched = LabScheduler(rule="churn", **sd_table)  # churns at sigma_max 14.6 < s_tmax 50
