@@ -58,6 +58,13 @@ def test_ray_rows_equal_the_local_rows_and_resume(local_ray, tmp_path):
             assert b["metrics"][name] == pytest.approx(a["metrics"][name], rel=1e-6), name
 
 
+def test_the_cli_runs_a_study_on_ray(local_ray, tmp_path, capsys):
+    assert cli.main(["smoke", "--fast", "--quiet", "--backend", "ray", "--cpus-per-cell", "1",
+                     "--out", str(tmp_path)]) == 0
+    assert "12 cells done" in capsys.readouterr().out
+    assert len(study.read_rows(tmp_path / study.ROWS)) == len(smoke.cells(True)) == 12
+
+
 def test_a_cell_whose_worker_dies_is_retried(local_ray, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
