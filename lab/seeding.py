@@ -79,6 +79,8 @@ class NoiseSource:
         if like.shape[0] != self.batch:
             raise ValueError(f"noise source made for a batch of {self.batch}, "
                              f"asked for {like.shape[0]}")
-        z = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype)
+        # Half-precision samples get float32 noise rounded: the same stream at every dtype.
+        dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+        z = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=dtype)
                          for g in self.generators])
-        return z.to(like.device)
+        return z.to(device=like.device, dtype=like.dtype)

@@ -95,3 +95,9 @@ def test_two_live_runs_of_one_rule_object_do_not_share_history(mixture, name):
     for step_a, step_b in zip(run_a, run_b):
         last_a, last_b = step_a.x, step_b.x
     assert torch.equal(last_a, alone[0]) and torch.equal(last_b, alone[1])
+
+
+def test_rule_noise_in_half_precision_is_the_float32_stream_rounded():
+    src32, src16 = lab.seeding.NoiseSource(3, 4), lab.seeding.NoiseSource(3, 4)
+    like = torch.zeros(4, 5)
+    assert torch.equal(src16(like.bfloat16()), src32(like).bfloat16())
