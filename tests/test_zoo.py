@@ -98,7 +98,7 @@ def test_registry_lookup_and_duplicate_kinds(monkeypatch):
     monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))
     assert registry.lookup("edm") is lab.models.EDM and lab.models.EDM.kind == "edm"
     assert {"edm", "noise", "sigma-regressor", "classifier"} <= set(registry.kinds())
-    assert set(registry.trainable_kinds()) == {"edm", "noise", "sigma-regressor"}
+    assert set(registry.trainable_kinds()) == {"edm", "edm-cond", "noise", "sigma-regressor"}
     with pytest.raises(ValueError, match="no model kind 'gan'; known kinds: .*edm"):
         registry.lookup("gan")
     with pytest.raises(ValueError, match="kind 'edm' is registered twice"):
