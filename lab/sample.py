@@ -92,6 +92,7 @@ def _run(r: _Run) -> Iterator[Step]:
     # The schedule, expanded once: row i is sigma_i as a (B, 1, ..., 1) view.
     grid = r.sigmas.to(device=x.device, dtype=sigma_dtype(x))
     grid = grid.reshape(-1, 1, *[1] * (x.ndim - 1)).expand(-1, x.shape[0], *[1] * (x.ndim - 1))
+    rows = grid.unbind(0)
     grad_mode = torch.inference_mode if rule.inference_safe else torch.no_grad
 
     def advance():
@@ -99,17 +100,18 @@ def _run(r: _Run) -> Iterator[Step]:
         for i, (sigma, sigma_next) in enumerate(zip(values[:-1], values[1:])):
             start = time.perf_counter()
             sigma_hat = None
-            s = grid[i]
+            s = rows[i]
             if r.estimate is not None:
                 sigma_hat = noise_level.clamp(r.estimate(x).to(grid.dtype), model)
                 s = per_sample(sigma_hat, x)
-            x_next, x0 = rule.step(counter, x, s, grid[i + 1], noise)
+            x_next, x0 = rule.step(counter, x, s, rows[i + 1], noise)
             if not _finite(x_next):
                 raise NonFiniteError(
                     f"rule {rule.config_name} produced NaN/Inf at step {i} (sigma {sigma:.4g} "
                     f"-> {sigma_next:.4g}); try more steps, a smaller lr_scale, or check the "
                     "model's output at this sigma")
-            x = x_next.to(r.x.dtype)
+            # float32 sigmas may promote a half-precision x: keep the sample's dtype
+            x = x_next if x_next.dtype == r.x.dtype else x_next.to(r.x.dtype)
             yield Step(i, sigma, sigma_next, x, x0, counter.calls, time.perf_counter() - start,
                        sigma_hat, r.seed)
 

@@ -205,9 +205,11 @@ class DirectionRule(Rule):
         raise NotImplementedError
 
     def move(self, x: Tensor, d: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-        if self.direction_kind == "x0":  # exactly d when sigma_next = 0
-            return d + sigma_next / sigma * (x - d)
-        return x + (sigma_next - sigma) * d
+        # Each a single pass over x where the dtypes allow (lerp wants one dtype).
+        if self.direction_kind == "x0":  # d + (sigma_next / sigma)(x - d): d at sigma_next = 0
+            w = sigma_next / sigma
+            return torch.lerp(d, x, w) if w.dtype == x.dtype else d + w * (x - d)
+        return torch.addcmul(x, sigma_next - sigma, d)  # x + (sigma_next - sigma) d
 
     def step(self, model, x, sigma, sigma_next, noise):
         d, x0 = self.direction(model, x, sigma, sigma_next)

@@ -21,7 +21,7 @@ from .base import DirectionRule, Param, Rule, is_final
 def derivative(model, x, sigma):
     """``(d, x0_hat)`` with ``d = (x - D(x, sigma)) / sigma``, the ODE's slope."""
     x0 = model(x, sigma)
-    return (x - x0) / sigma, x0
+    return (x - x0).div_(sigma), x0  # in place: one temporary, not two
 
 
 class Euler(DirectionRule):
@@ -50,11 +50,11 @@ class Heun(Rule):
     def step(self, model, x, sigma, sigma_next, noise):
         h = sigma_next - sigma
         d, x0 = derivative(model, x, sigma)
-        x_euler = x + h * d
+        x_euler = torch.addcmul(x, h, d)  # x + h d
         if is_final(sigma_next):
             return x_euler, x0
         d_next, _ = derivative(model, x_euler, sigma_next)
-        return x + h / 2 * (d + d_next), x0
+        return torch.addcmul(x, h / 2, d.add_(d_next)), x0  # x + h (d + d') / 2
 
 
 class Midpoint(Rule):
