@@ -47,7 +47,8 @@ class Guided(Denoiser):
     """Classifier-free guidance around a conditional model; see :func:`cfg`.
 
     ``network_evaluations`` counts the network's per-sample evaluations (two per guided
-    call, both branches in one batched network call; one where the scale is 1).
+    call, both branches in one batched network call; one where the scale is 1 or, with
+    an interval, where no sample's sigma lies inside it).
     """
 
     def __init__(self, model, cond, scale: float, negative=None, interval=None):
@@ -71,6 +72,13 @@ class Guided(Denoiser):
         if self.scale == 1.0 and self.negative is None and self.interval is None:
             self.network_evaluations += x.shape[0]
             return self.model(x, sigma, self.cond)
+        inside = None
+        if self.interval is not None:
+            lo, hi = self.interval
+            inside = (sigma >= lo) & (sigma <= hi)
+            if not bool(inside.any()):  # w = 1 for every sample: the conditional branch only
+                self.network_evaluations += x.shape[0]
+                return self.model(x, sigma, self.cond)
         cond = self.model.check_cond(self.cond, x)
         neg = self.model.check_cond(self.negative, x)
         # One network call for both branches; denoise takes the null class's internal id.
@@ -79,9 +87,8 @@ class Guided(Denoiser):
         self.network_evaluations += 2 * x.shape[0]
         d_cond, d_neg = both.chunk(2)
         w = torch.full_like(sigma, self.scale)
-        if self.interval is not None:
-            lo, hi = self.interval
-            w = torch.where((sigma >= lo) & (sigma <= hi), w, torch.ones_like(w))
+        if inside is not None:
+            w = torch.where(inside, w, torch.ones_like(w))
         return d_neg + per_sample(w, x).to(x.dtype) * (d_cond - d_neg)
 
 
@@ -106,6 +113,11 @@ class LossGuided(Denoiser):
         self.sample_shape = getattr(model, "sample_shape", None)
         self.sigma_min = getattr(model, "sigma_min", 0.0)
         self.sigma_max = getattr(model, "sigma_max", math.inf)
+
+    @property
+    def network_evaluations(self):
+        """The guided model's count, if it keeps one (``loss(cfg(...), ...)``)."""
+        return getattr(self.model, "network_evaluations", None)
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         # The sampling loop runs in inference mode; the gradient needs real tensors.
@@ -230,7 +242,11 @@ def inpaint(model, image: Tensor, mask: Tensor, rule="euler", steps: int = 20,
                          f"{tuple(image.shape)}") from None
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("mask must hold only 0 (fill) and 1 (keep)")
+    rule = _rules.resolve(rule)
+    if rule.stochastic:
+        raise ValueError(f"inpaint re-noises the known pixels itself; give it a deterministic "
+                         f"rule, not {rule.config_name}")
     sig = _schedule(model, steps)
     z = draw_noise(image.shape, seed=seed, dtype=image.dtype, device=image.device)
-    return sample(model, image + float(sig[0]) * z, sig,
-                  Inpainting(_rules.resolve(rule), image, mask), seed=seed, **kwargs)
+    return sample(model, image + float(sig[0]) * z, sig, Inpainting(rule, image, mask),
+                  seed=seed, **kwargs)

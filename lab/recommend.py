@@ -48,7 +48,9 @@ def recommend(budget: int, model: str = "fashion-edm", path: Path = RECOMMENDATI
     try:
         record = json.loads(Path(path).read_text())
         entries = {int(b): e for b, e in record["budgets"].items()}
-    except (ValueError, KeyError, TypeError) as err:
+        scores = {b: next((int(k.split("_")[1]), v) for k, v in e.items()
+                          if k.startswith("fid_")) for b, e in entries.items()}
+    except (ValueError, KeyError, TypeError, StopIteration) as err:
         raise ValueError(f"{path} is damaged ({err}); rerun python -m experiments "
                          "few_step_frontier --render-only to write it again") from err
     if record.get("model") != model:
@@ -64,7 +66,7 @@ def recommend(budget: int, model: str = "fashion-edm", path: Path = RECOMMENDATI
     if e["rule"] not in _rules.available():
         raise ValueError(f"{path} recommends rule {e['rule']!r} at {b} calls, which this lab "
                          f"does not have; available: {', '.join(_rules.available())}")
-    (samples, fid), = ((int(k.split("_")[1]), v) for k, v in e.items() if k.startswith("fid_"))
+    samples, fid = scores[b]
     rule = _rules.get(e["rule"], **{k: tuple(v) if isinstance(v, list) else v
                                     for k, v in e["params"].items()})
     sigmas = torch.tensor(e["sigmas"], dtype=torch.float64)

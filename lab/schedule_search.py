@@ -30,6 +30,7 @@ from torch import Tensor
 
 from . import rules as _rules
 from . import schedules
+from .denoiser import CallCounter
 from .io import write_json
 from .sample import NonFiniteError, sample
 from .seeding import CALIBRATION_SEED, noise
@@ -169,24 +170,26 @@ def optimize(model, budget: int, rule, *, calibration: int = 32, seed: int = CAL
     # Heun's last step, to 0, is x0_hat at sigma_min: the reference's clean end.
     reference = sample(model, x, schedules.karras(reference_steps, lo, hi), "heun",
                        record="final")
-    target, calls, runs = reference.x, reference.nfe, 0
+    target, runs = reference.x, 0
+
+    counted = CallCounter(model)  # a run that fails half way made calls too
 
     def error(sigmas: list[float]) -> float:
-        nonlocal calls, runs
+        nonlocal runs
         runs += 1
         try:
-            out = sample(model, x, torch.tensor(sigmas, dtype=torch.float64), rule,
+            out = sample(counted, x, torch.tensor(sigmas, dtype=torch.float64), rule,
                          record="final")
         except NonFiniteError:
             return math.inf
-        calls += out.nfe
         return float(measure(out.x, target))
 
     start = schedules.karras(steps, lo, hi).tolist()
     karras_error = error(start)
     if steps == 1:  # one step from sigma_max to 0: nothing to choose
         result = OptimizedSchedule(start, rule.config_name, budget, _rules.nfe(rule, start),
-                                   karras_error, karras_error, calls, runs)
+                                   karras_error, karras_error,
+                                   reference.nfe + counted.calls, runs)
     else:
         log_lo, log_hi = math.log(lo), math.log(hi)
         theta0 = _theta(start)
@@ -212,7 +215,7 @@ def optimize(model, budget: int, rule, *, calibration: int = 32, seed: int = CAL
                 theta[free] = found.x
                 best, best_error = _sigmas(theta, steps, hi), float(found.fun)
         result = OptimizedSchedule(best, rule.config_name, budget, _rules.nfe(rule, best),
-                                   best_error, karras_error, calls, runs)
+                                   best_error, karras_error, reference.nfe + counted.calls, runs)
     if cache:
         write_json(path, {"format": "lab.OptimizedSchedule", "version": VERSION,
                           **asdict(result)})

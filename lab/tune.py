@@ -25,6 +25,7 @@ import torch
 from . import rules as _rules
 from . import schedules
 from .sample import NonFiniteError, sample
+from .schedule_search import fingerprint
 from .seeding import CALIBRATION_SEED, noise
 
 __all__ = ["search_space", "Tuned", "tune", "objective_score"]
@@ -116,7 +117,11 @@ class Tuned:
     def build(self):
         """``(rule, sigmas)`` ready for :func:`lab.sample`."""
         rule, schedule = _rule_and_schedule(self.rule, {**self.params, **self.schedule})
-        return rule, schedule(_rules.steps_for_budget(rule, self.budget, schedule))
+        n = _rules.steps_for_budget(rule, self.budget, schedule)
+        if n is None:
+            raise ValueError(f"{rule.config_name} takes more than {self.budget} model calls "
+                             "for one step; this tuned entry cannot be rebuilt")
+        return rule, schedule(n)
 
 
 def tune(model, rule: str, budget: int, *, trials: int = 40, storage: Path,
@@ -160,7 +165,9 @@ def tune(model, rule: str, budget: int, *, trials: int = 40, storage: Path,
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=f"{model_name}/{rule}/{budget}/{objective}/{calibration}",
+        # keyed by the model's weights too: retrained weights do not inherit old trials
+        study_name=f"{model_name}/{fingerprint(model)[:16]}/{rule}/{budget}/{objective}/"
+                   f"{calibration}",
         storage=f"sqlite:///{Path(storage).resolve()}", load_if_exists=True,
         direction="minimize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
     if not study.trials:  # the first trial is the rule's defaults on Karras (rho 7)

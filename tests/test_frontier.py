@@ -70,3 +70,11 @@ def test_shipped_recommendations_match_the_study():
     assert json.loads(RECOMMENDATIONS.read_text()) == json.loads(results.read_text())
     best = lab.recommend(10)
     assert isinstance(best.rule, lab.rules.Rule) and torch.is_tensor(best.sigmas)
+
+
+def test_recommend_names_an_entry_without_a_score(tmp_path):
+    path = tmp_path / "noscore.json"
+    path.write_text(json.dumps({"model": "fashion-edm", "budgets": {"5": {
+        "rule": "euler", "params": {}, "sigmas": [80.0, 0.0]}}}))
+    with pytest.raises(ValueError, match="damaged"):
+        lab.recommend(5, path=path)

@@ -188,3 +188,27 @@ def test_bad_masks(cm):
     with pytest.raises(ValueError, match="only 0"):
         guidance.inpaint(model, image, torch.full((3, 2), 0.5), "euler")
     assert math.isfinite(float(guidance.inpaint(model, image, torch.ones(3, 2)).x.sum()))
+
+
+def test_the_interval_saves_the_unconditional_branch_outside_it(cm):
+    cond = torch.tensor([0, 1, 2, 0, 1, 2])
+    g = guidance.cfg(cm, cond, scale=4.0, interval=(1.0, 5.0))
+    g(x_at(), 8.0)
+    assert g.network_evaluations == 6  # outside: the conditional branch only
+    g(x_at(), 2.0)
+    assert g.network_evaluations == 6 + 12
+
+
+def test_loss_guidance_on_cfg_records_the_inner_network_evaluations(cm):
+    g = guidance.loss(guidance.cfg(cm, torch.tensor([0, 1]), 2.0), guidance.brightness(0.0))
+    sig = lab.schedules.karras(3, 0.002, 80.0)
+    traj = lab.sample(g, x_at(80.0, 2), sig, "euler")
+    assert traj.meta["network_evaluations"] == 2 * 2 * 3
+
+
+def test_inpainting_refuses_a_stochastic_rule_by_name(cm):
+    model = cm.null
+    model.sample_shape = (2,)
+    with pytest.raises(ValueError, match="inpaint .* deterministic rule, not ancestral"):
+        guidance.inpaint(model, torch.zeros(3, 2, dtype=torch.float64), torch.ones(3, 2),
+                         "ancestral")

@@ -168,3 +168,20 @@ def test_afs_buys_a_step_at_a_fixed_budget():
     assert rules.steps_for_budget("dpmpp_2m", 5, karras) == 5
     assert rules.steps_for_budget(rules.get("afs"), 5, karras) == 6
     assert rules.steps_for_budget(rules.ancestral(rules.get("afs", rule="heun")), 5, karras) == 3
+
+
+@pytest.mark.parametrize("r", [1.001, 2.001, 3.01])
+def test_ghvb_is_continuous_and_stable_just_above_a_whole_order(gaussian, r):
+    """The weights carry 1/b; evaluated naively they amplify rounding by 1/b. In float32
+    and bfloat16 the result stays next to the whole order's."""
+    sig = lab.schedules.karras(12, sigma_max=20.0)
+    x = lab.noise((64, 4), seed=0, dtype=torch.float64) * sig[0]
+    near = lab.sample(gaussian, x, sig, rules.get("ghvb", r=r)).x
+    whole = lab.sample(gaussian, x, sig, rules.get("ghvb", r=float(int(r)))).x
+    assert (near - whole).abs().max().item() < 0.05  # continuous in r
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 0.05)):
+        def in_dtype(x, s, dtype=dtype):  # a network that answers in the sample's dtype
+            return gaussian(x.double(), s).to(dtype)
+
+        low = lab.sample(in_dtype, x.to(dtype), sig, rules.get("ghvb", r=r)).x
+        assert (low.double() - near).pow(2).mean().sqrt().item() < tol, dtype

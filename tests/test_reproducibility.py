@@ -101,3 +101,13 @@ def test_rule_noise_in_half_precision_is_the_float32_stream_rounded():
     src32, src16 = lab.seeding.NoiseSource(3, 4), lab.seeding.NoiseSource(3, 4)
     like = torch.zeros(4, 5)
     assert torch.equal(src16(like.bfloat16()), src32(like).bfloat16())
+
+
+def test_ancestral_noise_follows_an_estimated_sigma_below_the_target(mixture):
+    """A sample whose estimated sigma is already below sigma_next gets no noise, not NaN."""
+    sig = lab.schedules.karras(4, sigma_max=20.0)
+    x = lab.noise((4, 2), seed=0, dtype=torch.float64) * sig[0]
+    traj = lab.sample(mixture, x, sig, rules.ancestral("euler"), seed=0,
+                      sigma_estimate=lambda x: torch.full((x.shape[0],), 0.01,
+                                                          dtype=x.dtype))
+    assert bool(torch.isfinite(traj.x).all())

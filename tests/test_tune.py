@@ -80,3 +80,15 @@ def test_the_command_writes_best_json_that_the_frontier_study_reads(tmp_path):
     (spec,) = few_step_frontier.tuned_rules(tmp_path / "best.json")
     assert spec["rule"] == "ghvb" and spec["budgets"] == [4]
     assert spec["schedule"] == {"karras": entry["schedule"]}
+
+
+def test_trials_belong_to_the_models_weights(model, tmp_path):
+    db = tmp_path / "tune.db"
+    first = tune.tune(model, "euler", 4, trials=3, storage=db, objective="exact",
+                      calibration=16, model_name="m")
+    other = two_d_mixture()
+    other.sigma_min, other.sigma_max, other.sample_shape = 0.002, 40.0, (2,)
+    other.means.add_(1.0)
+    second = tune.tune(other, "euler", 4, trials=3, storage=db, objective="exact",
+                       calibration=16, model_name="m")
+    assert second.trials == 3 and second.value != first.value  # its own trials, not reused

@@ -58,34 +58,53 @@ class Extrapolate(DirectionRule):
         return self.gamma * eps + (1 - self.gamma) * previous, x0
 
 
+# GHVB's order-k numerators split as A . (v_i - v_{i-1}, v_{i-1} - v_{i-2}, ...) +
+# b B . (v_i, v_{i-1}, ...), over b D. Each difference is b (eps - v_before), so the 1/b
+# cancels exactly: no weights of size 1/b on nearly equal velocities when r is just above
+# a whole number (at r = 1.001 the direct weights reach +-1000).
+_GHVB_SPLIT = {1: ((), (1,), 1), 2: ((2,), (1, 1), 2), 3: ((18, -6), (5, 8, -1), 12),
+               4: ((46, -32, 10), (9, 19, -5, 1), 24)}
+
+
 class GHVB(DirectionRule):
     """Generalised heavy ball of order ``r``: ``k = ceil(r)``, ``b = r - (k - 1)``;
     ``v_i = (1 - b) v_{i-1} + b eps_i`` (``v_0 = eps_0``), then the order-k weights of
-    :func:`ghvb_weights` over the last k velocities (fewer while the history fills).
+    :func:`ghvb_weights` over the last k velocities (fewer while the history fills),
+    evaluated in a form where the weights' 1/b cancels.
 
     ``r`` in (0, 1] is heavy ball (``momentum`` with ``beta = 1 - r``); ``r = 1`` is
-    Euler; whole ``r = k`` is Adams-Bashforth k (``ghvb(4)`` is ``ipndm``). Order ``k``
-    for whole ``r``, 1 NFE per step. Wizadwongsa et al. 2023.
+    Euler; whole ``r = k`` is Adams-Bashforth k (``ghvb(4)`` is ``ipndm``). Nominal order
+    ``k`` for whole ``r`` on an even grid; the fixed coefficients make it second order on
+    Karras's uneven one (tests/test_lookahead.py). 1 NFE per step. Wizadwongsa et al. 2023.
     """
 
     name = "ghvb"
     params = (Param("r", 1.5, 0.01, 4.0, doc="order: < 1 heavy ball, 1 Euler, k AB-k"),)
 
     def reset(self, sigmas=None):
-        self.velocities = []  # newest first
+        self.velocities, self.innovations = [], []  # newest first; u_j = eps_j - v_{j-1}
         k = math.ceil(self.r - 1e-12)
         self.order, self.b = k, self.r - (k - 1)
 
     def direction(self, model, x, sigma, sigma_next):
         eps, x0 = derivative(model, x, sigma)
-        v = eps if not self.velocities else (1 - self.b) * self.velocities[0] + self.b * eps
+        if self.velocities:
+            u = eps - self.velocities[0]
+            v = self.velocities[0] + self.b * u  # (1 - b) v_{i-1} + b eps_i
+            self.innovations = [u, *self.innovations][: self.order - 1]
+        else:
+            v = eps
         self.velocities = [v, *self.velocities][: self.order]
-        return _combine(ghvb_weights(len(self.velocities), self.b), self.velocities), x0
+        diffs, levels, divisor = _GHVB_SPLIT[len(self.velocities)]
+        d = _combine(levels, self.velocities) + _combine(diffs, self.innovations)
+        return d / divisor, x0
 
 
 class IPNDM(DirectionRule):
     """Improved PNDM: Adams-Bashforth on eps with fixed coefficients, the order rising
-    1, 2, ... up to ``order`` as the history fills. Order ``order``, 1 NFE per step.
+    1, 2, ... up to ``order`` as the history fills. Nominal order ``order`` (on an even
+    grid; the fixed coefficients make it second order on Karras's uneven one), 1 NFE
+    per step.
     Zhang & Chen 2023 (DEIS paper's iPNDM); diffusers ``IPNDMScheduler``.
     """
 

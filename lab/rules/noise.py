@@ -21,8 +21,10 @@ def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tenso
     gives each sample its own split.
     """
     sigma, sigma_next = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+    # an estimated sigma already below sigma_next gets no noise, not a NaN
     sigma_up = torch.minimum(
-        sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt())
+        sigma_next,
+        eta * (sigma_next**2 * (sigma**2 - sigma_next**2).clamp_min(0) / sigma**2).sqrt())
     return (sigma_next**2 - sigma_up**2).sqrt(), sigma_up
 
 
