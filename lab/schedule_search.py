@@ -46,7 +46,8 @@ class OptimizedSchedule:
     """The tuned schedule and what it took: ``error`` is the calibration batch's RMS
     distance from the reference with these sigmas, ``karras_error`` with the Karras
     schedule (rho 7) it started from; ``model_calls`` is the search's cost (reference
-    included), 0 when read from the cache; ``evaluations`` counts the sampling runs."""
+    included), also when ``cached`` says this call read it back for free;
+    ``evaluations`` counts the sampling runs."""
 
     sigmas: list[float]
     rule: str
@@ -249,7 +250,7 @@ def _read_cached(path: Path) -> OptimizedSchedule:
         if record.pop("format") != "lab.OptimizedSchedule":
             raise ValueError("not an optimised schedule")
         record.pop("version")
-        record["cached"], record["model_calls"] = True, 0
+        record["cached"] = True  # model_calls stays what the search cost when it ran
         result = OptimizedSchedule(**record)
         schedules.validate(result.sigmas)
     except (ValueError, KeyError, TypeError) as err:
