@@ -16,8 +16,8 @@ from lab import io, study
 
 from .__main__ import RESULTS, load
 
-ORDER = ["rules_vs_nfe", "exact_error_vs_nfe", "dropping_timestep", "perceptual_loss",
-         "noise_reinjection"]
+ORDER = ["rules_vs_nfe", "exact_error_vs_nfe", "few_step_frontier", "dropping_timestep",
+         "perceptual_loss", "noise_reinjection"]
 
 
 def section(name: str, results=RESULTS) -> list[str]:
