@@ -2,7 +2,7 @@
 
 ``lab.recommend(5)`` returns the rule and sigmas that gave ``fashion-edm`` its lowest
 FID with at most 5 model calls, as recorded in ``results/few_step_frontier/best.json``
-(shipped with the package as ``lab/weights/few_step_frontier.json``)::
+(shipped with the package as ``lab/recommendations/few_step_frontier.json``)::
 
     best = lab.recommend(5)
     traj = lab.sample(model, lab.noise(shape, seed=0) * best.sigmas[0], best.sigmas, best.rule)
@@ -18,11 +18,10 @@ import torch
 from torch import Tensor
 
 from . import rules as _rules
-from .zoo import WEIGHTS
 
 __all__ = ["recommend", "Recommendation", "RECOMMENDATIONS"]
 
-RECOMMENDATIONS = WEIGHTS / "few_step_frontier.json"
+RECOMMENDATIONS = Path(__file__).parent / "recommendations" / "few_step_frontier.json"
 
 
 @dataclass
