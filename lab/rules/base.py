@@ -160,7 +160,9 @@ class Wrapper(Rule):
         Param("rule", "euler", doc="the deterministic rule it wraps"),
     )
 
-    def __init__(self, rule: str | Rule = "euler", **kwargs):
+    def __init__(self, rule: str | Rule | None = None, **kwargs):
+        if rule is None:  # the subclass's declared default (euler, or dpmpp_2m, ...)
+            rule = _default(type(self), "rule")
         inner = rule if isinstance(rule, Rule) else get(rule)
         if inner.stochastic:
             raise ValueError(f"{self.name} wraps a deterministic rule; {inner.name} already "
@@ -206,9 +208,8 @@ class DirectionRule(Rule):
 
     def move(self, x: Tensor, d: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
         # Each a single pass over x where the dtypes allow (lerp wants one dtype).
-        if self.direction_kind == "x0":  # d + (sigma_next / sigma)(x - d): d at sigma_next = 0
-            w = sigma_next / sigma
-            return torch.lerp(d, x, w) if w.dtype == x.dtype else d + w * (x - d)
+        if self.direction_kind == "x0":
+            return move_toward_x0(x, d, sigma, sigma_next)
         return torch.addcmul(x, sigma_next - sigma, d)  # x + (sigma_next - sigma) d
 
     def step(self, model, x, sigma, sigma_next, noise):
@@ -263,6 +264,13 @@ def steps_for_budget(rule, budget: int, schedule, max_steps: int = 10_000) -> in
             break
         best = n
     return best
+
+
+def move_toward_x0(x: Tensor, x0: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    """The exponential-integrator move ``x0 + (sigma_next / sigma)(x - x0)``: exactly
+    ``x0`` at sigma_next = 0; one pass over x where the dtypes allow (lerp wants one)."""
+    w = sigma_next / sigma
+    return torch.lerp(x0, x, w) if w.dtype == x.dtype else x0 + w * (x - x0)
 
 
 def is_final(sigma_next: Tensor) -> bool:

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import DirectionRule, Param, Rule, is_final
+from .base import DirectionRule, Param, Rule, is_final, move_toward_x0
 
 __all__ = ["DPMSolverPP3M", "UniPC", "phi", "unipc_weights"]
 
@@ -116,10 +116,6 @@ def _combine(calls: list[tuple[Tensor, Tensor]], sigma_to: Tensor) -> Tensor:
     return m_0 + sum(rho * (m - m_0) / r for rho, r, (_, m) in zip(rhos, nodes, calls[1:]))
 
 
-def _move(x: Tensor, d: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-    return d + sigma_next / sigma * (x - d)
-
-
 class UniPC(Rule):
     """UniPC with ``B(h) = expm1(-h)`` (bh2) on x0_hat: the UniP predictor of order
     ``order`` (rising 1, 2, ... as the history fills) and the UniC corrector of the same
@@ -154,13 +150,13 @@ class UniPC(Rule):
         self.steps_left -= 1
         if self.predicted is not None and not is_final(sigma_next):
             start, calls, target, returned = self.predicted
-            corrected = _move(start, _combine([*calls, (target, x0)], target), calls[0][0],
+            corrected = move_toward_x0(start, _combine([*calls, (target, x0)], target), calls[0][0],
                               target)
             x = x + (corrected - returned)
         self.calls_made = [(sigma, x0), *self.calls_made][: self.order]
         if is_final(sigma_next):
             return x0, x0
         calls = self.calls_made[: int(min(self.order, self.steps_left + 1))]
-        x_next = _move(x, _combine(calls, sigma_next), sigma, sigma_next)
+        x_next = move_toward_x0(x, _combine(calls, sigma_next), sigma, sigma_next)
         self.predicted = (x, calls, sigma_next, x_next)
         return x_next, x0

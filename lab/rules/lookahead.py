@@ -133,7 +133,7 @@ class HeavyBall(Wrapper):
     params = (Param("rule", "dpmpp_2m", doc="the one-call rule whose direction it averages"),
               Param("beta", 0.2, 0.0, 0.999, doc="velocity decay, v = beta v + (1 - beta) d"))
 
-    def __init__(self, rule="dpmpp_2m", **kwargs):
+    def __init__(self, rule=None, **kwargs):
         super().__init__(rule=rule, **kwargs)
         if not isinstance(self.inner, DirectionRule):
             raise ValueError(f"heavy_ball averages the direction of a one-call rule (euler, lms, "
@@ -164,9 +164,6 @@ class AnalyticFirstStep(Wrapper):
     stochastic = False
     params = (Param("rule", "dpmpp_2m", doc="the rule whose first call it replaces"),
               Param("scale", 1.0, 0.01, 10.0, doc="rms of the data the first step assumes"))
-
-    def __init__(self, rule="dpmpp_2m", **kwargs):
-        super().__init__(rule=rule, **kwargs)
 
     def reset(self, sigmas=None):
         super().reset(sigmas)
