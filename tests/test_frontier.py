@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lab
+from experiments.studies import exact_error_vs_nfe
 from experiments.studies import few_step_frontier as frontier
 from lab import study
 from lab.recommend import RECOMMENDATIONS
@@ -25,11 +26,56 @@ def test_fast_run_scores_every_cell_and_writes_best_json(fast_run):
     assert all(r["metrics"]["status"] == "ok" and r["metrics"]["nfe"] <= 5 for r in rows)
     best = json.loads((out / "best.json").read_text())
     assert best["model"] == "fashion-edm" and list(best["budgets"]) == ["5"]
-    entry = best["budgets"]["5"]
-    lab_rows = [r for r in rows if r["metrics"]["kind"] == "lab"]
+    entry = best["budgets"]["5"]  # the exact models' rows stay out of best.json
+    lab_rows = [r for r in rows if r["metrics"]["kind"] == "lab"
+                and r["cell"]["model"] == "fashion-edm"]
     assert entry["fid_64"] == min(r["metrics"]["fid"] for r in lab_rows)
-    for name in ("summary.md", "frontier.png", "samples.png"):
+    for name in ("summary.md", "frontier.png", "samples.png", "exact_frontier.png"):
         assert (out / name).stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    assert "### mixture, 128 samples" in summary and "### gaussian, 128 samples" in summary
+
+
+def exact_rows(rows, model):
+    return {(r["metrics"]["label"]): r["metrics"] for r in rows if r["cell"]["model"] == model}
+
+
+@pytest.mark.parametrize("model", ["mixture", "gaussian"])
+def test_exact_cells_measure_the_error_to_the_exact_solution(fast_run, model):
+    _, rows = fast_run
+    at = exact_rows(rows, model)
+    assert all(m["status"] == "ok" and m["nfe"] <= 5 and 0 < m["error_rms"] < float("inf")
+               for m in at.values())
+    # extrapolation at gamma 1 is Euler: the same samples, so the same errors, exactly
+    same = at["extrapolate(gamma=1)"]
+    assert (same["error_rms"], same["sw"]) == (at["euler"]["error_rms"], at["euler"]["sw"])
+    assert at["dpmpp_2m"]["error_rms"] < at["euler"]["error_rms"]
+    # the same noise, schedule and references as exact_error_vs_nfe: its cell agrees
+    cell = {"model": model, "rule": "dpmpp_2m", "params": {}, "budget": 5, "seed": 0,
+            "samples": 128}
+    theirs = exact_error_vs_nfe.run_cell(cell)
+    assert at["dpmpp_2m"]["error_rms"] == pytest.approx(theirs["error_rms"], rel=1e-12)
+    assert at["dpmpp_2m"]["sw"] == pytest.approx(theirs["sw"], rel=1e-12)
+    # the schedule searched in pixel distance on calibration noise helps on other noise
+    tuned = at["dpmpp_2m, optimized schedule"]
+    assert tuned["schedule_error"] <= tuned["karras_error"] and tuned["schedule_calls"] > 0
+    assert tuned["error_rms"] < at["dpmpp_2m"]["error_rms"]
+    assert at["DPMSolverMultistep2 (diffusers)"]["error_rms"] < at["euler"]["error_rms"]
+
+
+def test_axis_positions_and_the_data_scale_afs_assumes():
+    position = frontier.axis_position
+    assert position({"rule": "euler", "params": {}}) == {"gamma": 1.0, "r": 1.0}
+    assert position({"rule": "momentum", "params": {"beta": 0.2}}) == {"r": 0.8}
+    assert position({"rule": "ipndm", "params": {}}) == {"r": 4.0}
+    assert position({"rule": "extrapolate", "params": {}}) == {"gamma": 2.0}
+    assert position({"rule": "dpmpp_2m", "params": {}}) == {}
+    for name, factory in frontier.EXACT.items():  # E|x|^2 / dim of the exact model
+        state = factory().state_dict()
+        w, mu, cov = state["weights"], state["means"], state["covs"]
+        second = (w * (mu.pow(2).sum(-1) + cov.diagonal(dim1=-2, dim2=-1).sum(-1))).sum()
+        rms = float((second / w.sum() / mu.shape[-1]).sqrt())
+        assert frontier.DATA_RMS[name] == pytest.approx(rms, abs=0.005), name
 
 
 def test_best_json_reproduces_its_fid(fast_run, tmp_path):

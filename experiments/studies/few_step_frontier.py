@@ -22,10 +22,17 @@ Model ``fashion-edm``, 1,024 samples a cell, FID and KID against the 10,000 test
   model's table; the lab's ``ipndm`` is the same algorithm on the study's sigmas.
 - Error bars: seeds 1 and 2 beside seed 0 at 5 and 10 calls for the headline rules.
 
+The same frontier on exact models (:mod:`experiments.studies.exact_error_vs_nfe`'s ring
+mixture and 784-d Gaussian, float64, its seed-0 noise and sample counts): ``error_rms``
+to the exact ODE solution from the same noise and ``sw`` to exact samples. Every rule of
+the core and of the optimiser axis at every budget (afs at the model's data rms), each
+on Karras sigmas and on its :func:`lab.schedules.optimize` schedule (distance ``"rms"``),
+and the same diffusers peers through ``lab.models.to_diffusers``.
+
 ``render`` writes ``best.json`` (DESIGN.md section 4: per budget the best lab sampler,
 reproducible with ``lab.rules.get`` and ``lab.sample``; read by ``lab.recommend``), the
 frontier plot and a sample grid per budget. ``--fast``: 64 samples, budget 5, a handful
-of cells.
+of cells; on the exact models 128 samples.
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ import torch
 
 import lab
 from lab import io, study, viz
+from lab.metrics import rms_distance, sliced_wasserstein
 from lab.recommend import RECOMMENDATIONS
 
-from . import rules_vs_nfe
+from . import exact_error_vs_nfe, rules_vs_nfe
 
 NAME = "few_step_frontier"
 MODEL = "fashion-edm"
@@ -83,6 +91,24 @@ HEADLINE = [rule("dpmpp_2m"), rule("unipc"), rule("dpmpp_2m", {"optimized": OPTI
 SEEDS = [1, 2]
 PREVIEW = 16  # samples a row carries as text, for the grids
 
+EXACT = exact_error_vs_nfe.MODELS  # name -> factory of the exact float64 model
+EXACT_SAMPLES = exact_error_vs_nfe.SAMPLES  # its noise, so Karras cells agree with that study
+DATA_RMS = {"mixture": 3.77, "gaussian": 0.60}  # the data's rms, the scale afs assumes
+EXACT_OPTIMIZE = {"calibration": 64, "evaluations": 60, "reference_steps": 128,
+                  "distance": "rms"}
+FAST_EXACT_OPTIMIZE = {"calibration": 16, "evaluations": 12, "reference_steps": 32,
+                       "distance": "rms"}
+FAST_EXACT = [rule("euler"), rule("extrapolate", gamma=1.0), rule("dpmpp_2m"),
+              rule("dpmpp_2m", {"optimized": FAST_EXACT_OPTIMIZE}), PEERS[0]]
+
+
+def exact_rules(name: str) -> list[dict]:
+    """The core and the optimiser axis on exact model ``name`` (afs at its data's rms),
+    each on Karras sigmas and on its optimised schedule."""
+    rules = [rule("afs", **{**r["params"], "scale": DATA_RMS[name]}) if r["rule"] == "afs"
+             else r for r in CORE + AXIS]
+    return rules + [{**r, "schedule": {"optimized": EXACT_OPTIMIZE}} for r in rules]
+
 
 def tuned_rules(path: Path = TUNED) -> list[dict]:
     """The configurations ``python -m experiments tune`` found, one cell spec each."""
@@ -97,8 +123,10 @@ def cells(fast: bool = False) -> list[dict]:
     if fast:
         samplers = [rule("dpmpp_2m"), rule("extrapolate", gamma=2.0),
                     rule("dpmpp_2m", {"optimized": FAST_OPTIMIZE}), PEERS[0]]
+        exact = [c for m in EXACT for c in study.grid(FAST_EXACT, model=m, budget=[5], seed=0,
+                                                       samples=128)]
         return study.pin_weights(study.grid(samplers, model=MODEL, budget=[5], seed=0,
-                                            samples=64))
+                                            samples=64) + exact)
     grid = study.grid(CORE + OPTIMIZED + PEERS, model=MODEL, budget=BUDGETS, seed=0,
                       samples=1024)
     grid += study.grid(AXIS, model=MODEL, budget=AXIS_BUDGETS, seed=0, samples=1024)
@@ -106,10 +134,13 @@ def cells(fast: bool = False) -> list[dict]:
         budgets = spec.pop("budgets")
         grid += study.grid([spec], model=MODEL, budget=budgets, seed=0, samples=1024)
     grid += study.grid(HEADLINE, model=MODEL, budget=AXIS_BUDGETS, seed=SEEDS, samples=1024)
+    for name, samples in EXACT_SAMPLES.items():
+        grid += study.grid(exact_rules(name) + PEERS, model=name, budget=BUDGETS, seed=0,
+                           samples=samples)
     return study.pin_weights(grid)
 
 
-model = study.model_loader()
+model = study.model_loader(**EXACT)
 
 
 def karras(n: int) -> torch.Tensor:
@@ -146,13 +177,16 @@ def label_of(cell: dict) -> str:
 
 
 def run_cell(cell: dict) -> dict:
+    exact = cell["model"] in EXACT
     out = {"label": label_of(cell), "kind": "diffusers" if "peer" in cell else "lab",
-           "steps": None, "nfe": None, "fid": None, "kid": None, "kid_std": None}
+           "steps": None, "nfe": None,
+           **dict.fromkeys(["error_rms", "sw"] if exact else ["fid", "kid", "kid_std"])}
     m = model(cell["model"])
+    dtype = torch.float64 if exact else torch.float32
     if "peer" in cell:
-        noise = study.start_noise(m, cell["samples"], cell["seed"], 1.0)
+        noise = study.start_noise(m, cell["samples"], cell["seed"], 1.0, dtype)
         try:
-            x, nfe, steps = rules_vs_nfe.sample_peer(cell, noise)
+            x, nfe, steps = rules_vs_nfe.sample_peer(cell, noise, m)
         except lab.NonFiniteError as err:
             return {**out, "status": f"non-finite: {err}"}
         if x is None:
@@ -162,14 +196,23 @@ def run_cell(cell: dict) -> dict:
         r = lab.rules.get(cell["rule"], **cell["params"])
         schedule, extra = schedule_of(cell, r)
         out.update(extra)
-        traj, status = study.sample_cell(m, cell, schedule, sigma_max=SIGMA_MAX, rule=r)
+        traj, status = study.sample_cell(m, cell, schedule, sigma_max=SIGMA_MAX, rule=r,
+                                         dtype=dtype)
         if traj is None:
             return {**out, "status": status}
         x, nfe, steps, sigmas = traj.x, traj.nfe, traj.steps, traj.sigmas.tolist()
     if not bool(torch.isfinite(x).all()):
         return {**out, "steps": steps, "nfe": nfe, "status": "non-finite samples"}
-    return {**out, "steps": steps, "nfe": nfe, "sigmas": sigmas, "status": "ok",
-            **lab.metrics.image_scores(x), "preview": viz.images_to_text(x[:PREVIEW].clamp(-1, 1))}
+    scores = exact_scores(cell, x) if exact else {
+        **lab.metrics.image_scores(x), "preview": viz.images_to_text(x[:PREVIEW].clamp(-1, 1))}
+    return {**out, "steps": steps, "nfe": nfe, "sigmas": sigmas, "status": "ok", **scores}
+
+
+def exact_scores(cell: dict, x: torch.Tensor) -> dict:
+    """RMS distance to the exact ODE solution from the cell's noise, SW to exact samples:
+    the references of ``exact_error_vs_nfe`` (the same noise, cached per model and seed)."""
+    ref = exact_error_vs_nfe.reference(cell["model"], cell["samples"], cell["seed"])
+    return {"error_rms": rms_distance(x, ref.solution), "sw": sliced_wasserstein(x, ref.exact)}
 
 
 NOTEBOOK, PLOT = "08_looking_ahead.ipynb", "frontier.png"  # for results/README.md
@@ -181,14 +224,17 @@ def table_of(rows: list[dict]) -> list[dict]:
                                                            "status"], ["fid", "kid", "seconds"])
 
 
-def best_by_budget(rows: list[dict], kind: str, seed: int = 0) -> dict[int, dict]:
-    """The row of lowest FID per budget among ``kind`` ("lab" or "diffusers"), seed 0."""
+def best_by_budget(rows: list[dict], kind: str, seed: int = 0, model: str = MODEL,
+                   metric: str = "fid", schedule=None) -> dict[int, dict]:
+    """The row of lowest ``metric`` per budget among ``kind`` ("lab" or "diffusers") on
+    ``model``, seed 0; ``schedule`` (e.g. "karras") keeps the lab rows on that schedule."""
     out: dict[int, dict] = {}
     for r in rows:
         m, c = r["metrics"], r["cell"]
-        if m["kind"] != kind or c["seed"] != seed or m.get("fid") is None:
+        if (m["kind"] != kind or c["model"] != model or c["seed"] != seed
+                or m.get(metric) is None or schedule not in (None, c.get("schedule"))):
             continue
-        if c["budget"] not in out or m["fid"] < out[c["budget"]]["metrics"]["fid"]:
+        if c["budget"] not in out or m[metric] < out[c["budget"]]["metrics"][metric]:
             out[c["budget"]] = r
     return out
 
@@ -204,22 +250,146 @@ def best_record(rows: list[dict]) -> dict:
     return {"model": MODEL, "budgets": budgets}
 
 
-def headline(rows: list[dict]) -> list[str]:
+def fid_headline(rows: list[dict]) -> list[str]:
     lab_best, peer_best = best_by_budget(rows, "lab"), best_by_budget(rows, "diffusers")
     table = [{"budget": b, "lab": lab_best[b]["metrics"]["label"],
               "lab FID": lab_best[b]["metrics"]["fid"],
               "best peer": peer_best[b]["metrics"]["label"] if b in peer_best else "n/a",
               "peer FID": peer_best[b]["metrics"]["fid"] if b in peer_best else None}
              for b in sorted(lab_best)]
-    return [f"Best FID at {rows[0]['cell']['samples']} samples per model-call budget, lab "
-            "against diffusers' best:", "",
+    samples = next(r["cell"]["samples"] for r in rows if r["cell"]["model"] == MODEL)
+    return [f"Best FID at {samples} samples per model-call budget, lab against diffusers' "
+            "best:", "",
             study.markdown_table(table, formats={"lab FID": "{:.2f}", "peer FID": "{:.2f}"})]
+
+
+# ---- the exact side --------------------------------------------------------------------
+
+EXACT_FMT = "{:.3g}"
+
+
+def axis_position(cell: dict) -> dict[str, float]:
+    """Where a cell's rule sits on the optimiser axes: ``gamma`` of the extrapolated
+    gradient (Euler is gamma 1) and the GHVB order ``r`` (heavy ball ``momentum(beta)`` is
+    r = 1 - beta, Euler r = 1, iPNDM of order 4 r = 4). Empty for other rules."""
+    name = cell.get("rule")
+    if name not in ("euler", "extrapolate", "ghvb", "momentum", "ipndm"):
+        return {}
+    config = lab.rules.get(name, **cell["params"]).config
+    return {"euler": {"gamma": 1.0, "r": 1.0},
+            "extrapolate": {"gamma": config.get("gamma")},
+            "ghvb": {"r": config.get("r")},
+            "momentum": {"r": round(1 - config.get("beta", 0.0), 9)},
+            "ipndm": {"r": 4.0} if config.get("order") == 4 else {}}[name]
+
+
+def best_on_axis(rows: list[dict], axis: str, budget: int, optimized: bool) -> str:
+    """The ``gamma`` or ``r`` of lowest error at ``budget`` among the rows on the axis
+    (Karras sigmas, or each rule's optimised schedule), with that error."""
+    at = [(axis_position(r["cell"])[axis], r["metrics"]["error_rms"]) for r in rows
+          if r["cell"]["budget"] == budget and axis in axis_position(r["cell"])
+          and ("optimized" in r["cell"]["schedule"]) == optimized
+          and r["metrics"].get("error_rms") is not None]
+    if not at:
+        return "n/a"
+    value, error = min(at, key=lambda a: a[1])
+    return f"{value:g} ({EXACT_FMT.format(error)})"
+
+
+def exact_table(rows: list[dict], name: str, axes: bool = True) -> str:
+    """Per budget on exact model ``name``: the lab's best and diffusers' best by
+    ``error_rms``, the lab's best on Karras sigmas, DPM-Solver++(2M) on Karras, and with
+    ``axes`` the best gamma and r on Karras and on optimised schedules."""
+    of = [r for r in rows if r["cell"]["model"] == name]
+    best = {k: best_by_budget(of, kind, model=name, metric="error_rms", schedule=sched)
+            for k, kind, sched in (("lab", "lab", None), ("karras", "lab", "karras"),
+                                   ("peer", "diffusers", None))}
+    dpm = {r["cell"]["budget"]: r["metrics"]["error_rms"] for r in of
+           if r["cell"].get("rule") == "dpmpp_2m" and r["cell"]["schedule"] == "karras"}
+
+    def named(r):
+        return f"{r['metrics']['label']} ({EXACT_FMT.format(r['metrics']['error_rms'])})"
+
+    table = []
+    for b in sorted(best["lab"]):
+        entry = {"budget": b, "lab best": named(best["lab"][b]),
+                 "lab best, Karras": named(best["karras"][b]),
+                 "diffusers best": named(best["peer"][b]) if b in best["peer"] else "n/a",
+                 "dpmpp_2m, Karras": dpm.get(b)}
+        if axes:
+            entry |= {f"best {a}, {s}": best_on_axis(of, a, b, s == "optimized")
+                      for s in ("Karras", "optimized") for a in ("gamma", "r")}
+        table.append(entry)
+    return study.markdown_table(table, formats={"dpmpp_2m, Karras": EXACT_FMT})
+
+
+def exact_models(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["cell"]["model"] for r in rows if r["cell"]["model"] in EXACT))
+
+
+def exact_headline(rows: list[dict]) -> list[str]:
+    out = []
+    for name in exact_models(rows):
+        out += [f"On the exact `{name}` model, RMS distance to the exact ODE solution "
+                "(label and error per budget):", "", exact_table(rows, name, axes=False), ""]
+    return out
+
+
+def headline(rows: list[dict]) -> list[str]:
+    return [*fid_headline(rows), "", *exact_headline(rows)]
+
+
+def _exact_plot(rows: list[dict], out_dir: Path) -> None:
+    """Error against calls per exact model: the lab's best (any schedule, Karras only),
+    diffusers' best, and the axis's landmarks on Karras sigmas."""
+    named = {"dpmpp_2m", "euler", "extrapolate", "momentum(beta=0.5)", "ghvb(r=3)", "ipndm"}
+    points = []
+    for name in exact_models(rows):
+        for label, kind, sched in (("lab best", "lab", None),
+                                   ("lab best, Karras", "lab", "karras"),
+                                   ("diffusers best", "diffusers", None)):
+            points += [{"model": name, "label": label, "nfe": b,
+                        "error_rms": r["metrics"]["error_rms"]}
+                       for b, r in sorted(best_by_budget(rows, kind, model=name,
+                                                         metric="error_rms",
+                                                         schedule=sched).items())]
+        points += [{"model": name, "label": r["metrics"]["label"], "nfe": r["cell"]["budget"],
+                    "error_rms": r["metrics"]["error_rms"]} for r in rows
+                   if r["cell"]["model"] == name and r["cell"].get("schedule") == "karras"
+                   and r["metrics"]["label"] in named]
+    fig = viz.metric_vs_nfe_panels(points, "error_rms", group="label", xticks=BUDGETS,
+                                   ylabel="RMS distance to the exact ODE solution")
+    viz.save_figure(fig, out_dir / "exact_frontier.png", dpi=110)
+
+
+def _exact_lines(rows: list[dict]) -> list[str]:
+    lines = ["## The exact side: the same frontier against exact answers", "",
+             f"The ring mixture (2-D) and the 784-d Gaussian of `exact_error_vs_nfe`, float64, "
+             "from that study's seed-0 noise: `error_rms` is the RMS distance of the final "
+             "samples to the exact ODE solution from the same noise, `sw` the sliced "
+             "Wasserstein distance to as many exact samples. Every rule of the core and the "
+             "optimiser axis at every budget, on Karras sigmas and on its own schedule from "
+             f"`lab.schedules.optimize` ({EXACT_OPTIMIZE}); afs at the model's data rms "
+             f"({DATA_RMS}). Parentheses: the error. gamma: Euler is 1, `extrapolate` "
+             "the rest; r: `momentum(beta)` is 1 - beta, Euler 1, `ghvb` the rest, iPNDM 4.",
+             "", "![exact frontier](exact_frontier.png)", ""]
+    for name in exact_models(rows):
+        of = [study.flat(r) for r in rows if r["cell"]["model"] == name]
+        lines += [f"### {name}, {of[0]['samples']} samples", "", exact_table(rows, name), ""]
+        for metric, what in (("error_rms", "RMS error to the exact ODE solution"),
+                             ("sw", "SW distance to exact samples")):
+            wide = study.pivot(of, "label", "budget", lambda r, m=metric: (
+                EXACT_FMT.format(r[m]) if r[m] is not None else r["status"]), "B={}")
+            lines += [f"{what}, every sampler:", "",
+                      study.markdown_table(wide, right=list(wide[0])[1:]), ""]
+    return lines
 
 
 def render(rows: list[dict], out_dir) -> None:
     out_dir = Path(out_dir)
-    flat = [study.flat(r) for r in rows]
-    table = table_of(rows)
+    fashion = [r for r in rows if r["cell"]["model"] == MODEL]
+    flat = [study.flat(r) for r in fashion]
+    table = table_of(fashion)
     budgets = sorted({r["budget"] for r in flat})
     record = best_record(rows)
     io.write_json(out_dir / "best.json", record)
@@ -232,16 +402,18 @@ def render(rows: list[dict], out_dir) -> None:
                 + [{"label": "diffusers best", "nfe": b, "fid": r["metrics"]["fid"]}
                    for b, r in sorted(peer_best.items())]
                 + [{"label": r["metrics"]["label"], "nfe": r["cell"]["budget"],
-                    "fid": r["metrics"]["fid"]} for r in rows  # seed 0, like the bests
+                    "fid": r["metrics"]["fid"]} for r in fashion  # seed 0, like the bests
                    if r["metrics"]["label"] in ("dpmpp_2m", "euler") and r["cell"]["seed"] == 0])
     fig, ax = viz.new_figure(1, 1, panel_size=(6.0, 4.4))
     viz.plot_metric_vs_nfe(ax, [{**f, "nfe": f["nfe"]} for f in frontier], "fid", x="nfe",
                            group="label", xticks=budgets, ylabel="FID")
     viz.save_figure(fig, out_dir / "frontier.png", dpi=110)
     _sample_grids(rows, out_dir)
+    if exact_models(rows):
+        _exact_plot(rows, out_dir)
 
     lines = [
-        f"# The few-step frontier on {MODEL}", "",
+        f"# The few-step frontier on {MODEL}, and on exact models", "",
         study.generated_note(rows, NAME), "",
         f"Budgets {budgets} model calls. Lab rules on Karras sigmas ({SIGMA_MAX:g} -> "
         f"{SIGMA_MIN:g}, rho 7), on schedules optimised per rule and budget "
@@ -251,10 +423,11 @@ def render(rows: list[dict], out_dir) -> None:
         "10,000 test images in `fashion-classifier` features; FID std over seeds 0, 1, 2 "
         "where measured.", "",
         "![frontier](frontier.png)", "", "![samples](samples.png)", "",
-        *headline(rows), "",
+        *fid_headline(rows), "",
         "## Every sampler by budget", "",
         study.markdown_table(table, ["label", "kind", "budget", "nfe", "fid", "fid_std", "kid",
-                                     "seconds", "status"], FMT),
+                                     "seconds", "status"], FMT), "",
+        *(_exact_lines(rows) if exact_models(rows) else []),
     ]
     io.write_text(out_dir / "summary.md", "\n".join(lines))
 

@@ -88,12 +88,15 @@ def peer_steps(scheduler, budget: int) -> int | None:
     return best
 
 
-def sample_peer(cell: dict, noise: torch.Tensor):
+def sample_peer(cell: dict, noise: torch.Tensor, denoiser=None):
+    """diffusers' scheduler of ``cell`` on ``denoiser`` (default: the cell's shipped model)
+    from ``noise`` (unit scale), in the noise's dtype."""
     import diffusers
 
     # "linear": Euler/Heun/LMS timesteps are fractional, their sigma linear in t; the
     # others sit on whole timesteps, where every map gives the table's sigma
-    unet = lab.models.to_diffusers(model(cell["model"]), timestep="linear")
+    unet = lab.models.to_diffusers(model(cell["model"]) if denoiser is None else denoiser,
+                                   timestep="linear", dtype=noise.dtype)
     sched = unet.make_scheduler(getattr(diffusers, cell["peer"]), **cell["params"])
     steps = peer_steps(sched, cell["budget"])
     if steps is None:
