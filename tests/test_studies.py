@@ -17,8 +17,8 @@ from experiments.studies import (
 )
 
 # ---- rules_vs_nfe ------------------------------------------------------------------------
-# Time budget: its --fast run 60 s on two busy cores (measured 55-59 s beside a training
-# run, 118 s with another study running too); the parity checks a few seconds.
+# Time budget: its --fast run 10 CPU s (measured 7 CPU s: 16 samples a cell); the parity
+# checks a few seconds.
 # Library-level peer parity (each lab rule and its diffusers scheduler through
 # to_diffusers, at the same sigmas, 1e-4) is in test_to_diffusers.py;
 # here the study's own peer path on fashion-edm.
@@ -149,8 +149,8 @@ def test_exact_solution_is_the_closed_form_and_agrees_with_the_numerical_solve()
 
 
 # ---- noise_reinjection -------------------------------------------------------------------
-# Time budget: its --fast run 60 s on two busy cores (measured 40-45 s beside a training
-# run; Fashion sampling is most of it).
+# Time budget: its --fast run 8 CPU s (measured 6 CPU s; Fashion sampling, 16 samples a
+# cell, is most of it).
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_model_zoo_fast_scores_and_previews_its_samples(tmp_path_factory):
 
 
 # ---- dropping_timestep -------------------------------------------------------------------
-# Time budget: its --fast run 55 s (measured 53 s on an idle machine).
+# Time budget: its --fast run 8 CPU s (measured 6.5 CPU s: 16 samples a cell).
 
 @pytest.fixture(scope="module")
 def dropping_run(tmp_path_factory):
@@ -256,8 +256,8 @@ def test_dropping_timestep_estimates_track_the_schedule(dropping_run):
 
 
 # ---- perceptual_loss ---------------------------------------------------------------------
-# Time budget: its --fast run 150 s at worst (measured 147 s at nice 19 beside a training
-# run and a study; 2 x 64 samples, 10 FIDs of x0_hat per trajectory).
+# Time budget: its --fast run 5 CPU s (measured 3.6 CPU s; 2 x 32 samples, 10 FIDs of x0_hat
+# per trajectory; 32, not 16: the first x0_hat FID is then 4.7x the samples', not 3.9x).
 
 @pytest.fixture(scope="module")
 def perceptual_run(tmp_path_factory):

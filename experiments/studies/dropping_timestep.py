@@ -23,7 +23,7 @@ Metrics per cell: FID and KID of 1,024 samples (clamped to [-1, 1]) against the 
 set, and ``sigma_error``, the median over steps and samples of ``|sigma_hat / sigma - 1|``
 against the schedule's sigma the step would have used (estimated sources only).
 
-``--fast``: 64 samples, budget 10, euler only.
+``--fast``: 16 samples (the preview's), budget 10, euler only.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def cells(fast: bool = False) -> list[dict]:
     models = [{"model": m, "sigma_from": s} for m, sources in SOURCES.items() for s in sources]
     if fast:
         return study.pin_weights(study.grid(models, rule=["euler"], budget=[10], seed=0,
-                                            samples=64))
+                                            samples=PREVIEW))
     return study.pin_weights(study.grid(models, rule=RULES, budget=[10, 20], seed=0,
                                         samples=1024))
 

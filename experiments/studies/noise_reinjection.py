@@ -20,8 +20,8 @@ Models and metrics:
   calls heun, churn around heun, euler and ancestral eta 0.5 (and eta 0, which must
   stay equal to euler) also on seeds 1 and 2: the error bar of noise against no noise.
 
-``--fast``: the mixture with 256 samples at budgets 10 and 20, two seeds; Fashion with 64
-samples at budget 10, the rules around euler only (an FID of 64 samples is a smoke test,
+``--fast``: the mixture with 256 samples at budgets 10 and 20, two seeds; Fashion with 16
+samples at budget 10, the rules around euler only (an FID of 16 samples is a smoke test,
 not a measurement).
 """
 
@@ -63,7 +63,7 @@ def _grid(fast: bool) -> list[dict]:
         return (study.grid([{"model": "mixture"}], RULES, budget=[10, 20], seed=[0, 1],
                            samples=256)
                 + study.grid([{"model": FASHION}], EULER_RULES,
-                             budget=[10], seed=[0], samples=64))
+                             budget=[10], seed=[0], samples=16))
     fashion = study.grid([{"model": FASHION}], RULES, budget=[10, 20, 50], seed=[0],
                          samples=1024)
     spread = [{**c, "seed": s} for c in fashion for s in SPREAD_SEEDS

@@ -14,7 +14,7 @@ noise): FID and KID of the final samples, and along the trajectory the FID of ea
 prediction ``x0_hat`` (its distance to the data in feature space: how early each model's
 predictions look like clothes), with the step's sigma. Rows carry a 16-image preview.
 
-``--fast``: 64 samples, euler at budget 10.
+``--fast``: 32 samples, euler at budget 10.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PREVIEW = 16
 def cells(fast: bool = False) -> list[dict]:
     if fast:
         return study.pin_weights(study.grid(model=MODELS, rule=["euler"], budget=[10], seed=0,
-                                            samples=64))
+                                            samples=32))
     return study.pin_weights(study.grid(model=MODELS, rule=["euler", "heun", "dpmpp_2m"],
                                         budget=[10, 20], seed=0, samples=1024))
 

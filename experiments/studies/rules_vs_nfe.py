@@ -19,7 +19,7 @@ also run on seeds 1 and 2 (disjoint noise): their FID spread is the error bar. N
 sample grids: a row holds numbers only and the runner gives a cell no folder of its
 own (``experiments.demo`` draws grids at 20 calls).
 
-``--fast``: 64 samples, budgets 5 and 10, euler, heun and dpmpp_2m against diffusers'
+``--fast``: 16 samples, budgets 5 and 10, euler, heun and dpmpp_2m against diffusers'
 DDIM and DPMSolverMultistep, seeds 1 and 2 for heun at 10 calls: 12 cells. Full: 76
 cells, 1,599 model calls on 1,024 samples each, hours on a CPU: run it in the
 background, it resumes.
@@ -58,7 +58,7 @@ FULL = {"samplers": RULES + PEERS, "budgets": [5, 10, 20, 50], "samples": 1024,
         "spread": [("heun", 20), ("dpmpp_2m", 20)]}
 FAST = {"samplers": [r for r in RULES if r["rule"] in ("euler", "heun", "dpmpp_2m")]
         + [p for p in PEERS if p["peer"] in ("DDIMScheduler", "DPMSolverMultistepScheduler")],
-        "budgets": [5, 10], "samples": 64, "spread": [("heun", 10)]}
+        "budgets": [5, 10], "samples": 16, "spread": [("heun", 10)]}
 
 
 def cells(fast: bool = False) -> list[dict]:
