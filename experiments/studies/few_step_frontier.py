@@ -330,19 +330,21 @@ def exact_models(rows: list[dict]) -> list[str]:
 def exact_headline(rows: list[dict]) -> list[str]:
     out = []
     for name in exact_models(rows):
-        out += [f"On the exact `{name}` model, RMS distance to the exact ODE solution "
-                "(label and error per budget):", "", exact_table(rows, name, axes=False), ""]
+        out += ["", f"On the exact `{name}` model, RMS distance to the exact ODE solution "
+                "(label and error per budget):", "", exact_table(rows, name, axes=False)]
     return out
 
 
 def headline(rows: list[dict]) -> list[str]:
-    return [*fid_headline(rows), "", *exact_headline(rows)]
+    return [*fid_headline(rows), *exact_headline(rows)]
 
 
 def _exact_plot(rows: list[dict], out_dir: Path) -> None:
     """Error against calls per exact model: the lab's best (any schedule, Karras only),
     diffusers' best, and the axis's landmarks on Karras sigmas."""
-    named = {"dpmpp_2m", "euler", "extrapolate", "momentum(beta=0.5)", "ghvb(r=3)", "ipndm"}
+    named = {"dpmpp_2m": "dpmpp_2m", "euler": "euler", "extrapolate": "extrapolate(gamma=2)",
+             "momentum(beta=0.5)": "momentum(beta=0.5)", "ghvb(r=3)": "ghvb(r=3)",
+             "ipndm": "ipndm"}  # label -> legend (gamma 2 is extrapolate's default)
     points = []
     for name in exact_models(rows):
         for label, kind, sched in (("lab best", "lab", None),
@@ -353,7 +355,8 @@ def _exact_plot(rows: list[dict], out_dir: Path) -> None:
                        for b, r in sorted(best_by_budget(rows, kind, model=name,
                                                          metric="error_rms",
                                                          schedule=sched).items())]
-        points += [{"model": name, "label": r["metrics"]["label"], "nfe": r["cell"]["budget"],
+        points += [{"model": name, "label": named[r["metrics"]["label"]],
+                    "nfe": r["cell"]["budget"],
                     "error_rms": r["metrics"]["error_rms"]} for r in rows
                    if r["cell"]["model"] == name and r["cell"].get("schedule") == "karras"
                    and r["metrics"]["label"] in named]
