@@ -16,7 +16,8 @@ from lab import io, study
 
 from .__main__ import RESULTS, load
 
-ORDER = ["rules_vs_nfe", "exact_error_vs_nfe", "few_step_frontier", "dropping_timestep",
+ORDER = ["rules_vs_nfe", "exact_error_vs_nfe", "few_step_frontier", "guidance_momentum",
+         "dropping_timestep",
          "perceptual_loss", "noise_reinjection"]
 
 

@@ -234,3 +234,40 @@ def default_metric(model, shape: Sequence[int], reference=None, seed: int = 0):
         if "fashion-test" in fid_module.references():
             return f"FID ({n} samples)", fid_metric("fashion-test")
     return None, None
+
+
+# ----------------------------------------------------------------------------------
+# Guided samples: is it the class asked for, and did guidance push pixels off the range?
+# ----------------------------------------------------------------------------------
+
+__all__ += ["classify", "class_accuracy", "out_of_range"]
+
+
+def classify(samples: Tensor, classifier="fashion-classifier", batch_size: int = 500) -> Tensor:
+    """``fashion-classifier``'s label ``(B,)`` for images ``(B, 1, 28, 28)``, clamped to
+    [-1, 1] first (the images a user would see)."""
+    from .perceptual import _resolve, check_images
+
+    check_images(samples, "samples")
+    net = _resolve(classifier)
+    param = next(net.parameters())
+    with torch.inference_mode():
+        return torch.cat([net(chunk.clamp(-1, 1).to(param.device, param.dtype)).argmax(1).cpu()
+                          for chunk in samples.split(int(batch_size))])
+
+
+def class_accuracy(samples: Tensor, classes: Tensor, classifier="fashion-classifier") -> float:
+    """The share of samples the classifier labels as their intended class ``classes``."""
+    if classes.shape != samples.shape[:1]:
+        raise ValueError(f"classes must hold one class id per sample, shape "
+                         f"({samples.shape[0]},), got {tuple(classes.shape)}")
+    return float((classify(samples, classifier) == classes.cpu()).double().mean())
+
+
+def out_of_range(samples: Tensor, limit: float = 1.0) -> dict:
+    """Divergence artifacts before clamping: ``{"pixels_out"}``, the share of pixels with
+    ``|x| > limit``, and ``{"samples_out"}``, the share of samples with any such pixel
+    (strong guidance overshoots the data range; Wizadwongsa et al. 2023)."""
+    out = samples.detach().abs().flatten(1) > limit
+    return {"pixels_out": float(out.double().mean()),
+            "samples_out": float(out.any(1).double().mean())}
