@@ -90,12 +90,12 @@ def test_it_trains_on_labelled_fashion_mnist_and_resumes_bit_identically(tmp_pat
     cfg = TrainConfig(name="cond", model={"kind": "edm-cond", "network": "unet",
                                           "sigma_data": 0.71, "network_config": TINY,
                                           "label_dropout": 0.5},
-                      data="fashion-mnist", data_size=256, steps=4, batch_size=16, lr=2e-3,
-                      warmup=2, checkpoint_every=2, seed=0, threads=2)
+                      data="fashion-mnist", data_size=256, steps=6, batch_size=16, lr=2e-3,
+                      warmup=2, checkpoint_every=3, seed=0, threads=2)
     straight = Trainer(cfg, tmp_path / "a")
     straight.run(progress=False)
     interrupted = Trainer(cfg, tmp_path / "b")
-    interrupted.run(until=2, progress=False)
+    interrupted.run(until=3, progress=False)
     resumed = Trainer(cfg, tmp_path / "b")
     assert resumed.resume()
     resumed.run(progress=False)
