@@ -7,8 +7,9 @@ settings folder, so the checkout's notebook is never modified); headless Chromiu
 (``LAB_FAST=1``). In ``04_trajectories_2d`` it moves the first step slider with the
 keyboard and checks that the plot image and the ``step k/N`` readout change; in
 ``05_dropping_the_timestep`` it checks that the rule panel's "sigma from" dropdown shows
-its value when the panel opens and after each choice. Screenshots go to
-``results/browser/``.
+its value when the panel opens and after each choice; in ``09_guidance`` it moves the
+guidance scale slider with the keyboard and checks that the panel samples again (its
+figures and picture change). Screenshots go to ``results/browser/``.
 
 Without Chromium or Playwright the tests are skipped, except under ``CI=true``, where they
 must run. Budget: about a minute each on 2 busy cores; each fails past ``BUDGET`` seconds.
@@ -122,6 +123,10 @@ def test_sigma_from_dropdown_shows_its_value(tmp_path):
     _in_jupyterlab(tmp_path, "05_dropping_the_timestep.ipynb", _drive_sigma_from)
 
 
+def test_guidance_scale_slider_resamples(tmp_path):
+    _in_jupyterlab(tmp_path, "09_guidance.ipynb", _drive_guidance_scale)
+
+
 def _run_all_cells(page, url: str, notebook: str):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -213,6 +218,38 @@ def _drive_sigma_from(page):
         shown = select.evaluate(SHOWN)
         assert shown == choice, f"after choosing {choice!r} the dropdown shows {shown!r}"
     box.screenshot(path=str(SHOTS / "05_sigma_from.png"))
+
+
+def _drive_guidance_scale(page):
+    panel = page.locator(".lab-rule-panel", has=page.locator(".lab-guidance-scale")).first
+    slider = panel.locator(".lab-guidance-scale").first
+    stats = panel.locator(".lab-guidance-stats").first
+    image = panel.locator("img.lab-scrubber-image").first
+    slider.wait_for(state="visible", timeout=120_000)
+    _kernel_idle(page, 180_000)  # every cell ran: the panel shows its last run
+    slider.scroll_into_view_if_needed()
+    scale_before = slider.locator(".widget-readout").text_content()
+    stats_before = stats.text_content()
+    src_before = image.get_attribute("src")
+    assert "pixels beyond [-1, 1]" in stats_before, stats_before
+    shot_before = panel.screenshot(path=str(SHOTS / "09_guidance_before.png"))
+
+    handle = slider.locator(".noUi-handle").first
+    handle.click()
+    handle.press("ArrowRight")  # one step of the scale; letting go reruns the panel
+    page.wait_for_function(
+        "([css, before]) => { const r = document.querySelector(css + ' .widget-readout');"
+        " return r && r.textContent !== before; }",
+        arg=[".lab-guidance-scale", scale_before], timeout=30_000)
+    page.wait_for_function(
+        "(before) => { const s = document.querySelector('.lab-guidance-stats');"
+        " return s && s.textContent !== before; }", arg=stats_before, timeout=60_000)
+    _kernel_idle(page, 60_000)
+    scale_after = slider.locator(".widget-readout").text_content()
+    assert float(scale_after) > float(scale_before), (scale_before, scale_after)
+    assert image.get_attribute("src") != src_before, "the samples did not change"
+    shot_after = panel.screenshot(path=str(SHOTS / "09_guidance_after.png"))
+    assert shot_after != shot_before, "the panel looks the same after moving the scale"
 
 
 class _JupyterLab:

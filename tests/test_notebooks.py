@@ -25,7 +25,7 @@ CELL_TIMEOUT = 120  # seconds per cell
 def test_the_notebooks_are_there():
     names = [p.stem for p in NOTEBOOKS]
     for prefix in ("00_tour", "01_", "02_", "03_", "04_trajectories_2d", "05_", "06_", "07_",
-                   "08_looking_ahead"):
+                   "08_looking_ahead", "09_guidance"):
         assert any(n.startswith(prefix) for n in names), f"no notebook {prefix}*: {names}"
 
 
