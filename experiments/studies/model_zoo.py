@@ -5,10 +5,11 @@ guards (``tests/test_fashion_models.py``) quote.
 
 Each diffusion model of the zoo sampled with heun at 20 steps (39 model calls; Karras
 sigmas 80 -> 0.002) from seed 0, scored by FID and KID against the 10,000 test images at
-512 samples (checked by the guards, which sample the first 256) and at 2,048 (the README's), beside the real-vs-real floor
-at both sizes (``lab.fid.floor()``). Sample k depends on (seed, k) only, so the 512 are the
-first 512 of the 2,048. The blind models also run with the noise level estimated from
-the image (``fashion-sigma``; ``rms(noise_hat)`` for the noise-predicting model). The
+512 samples (checked by the guards, which sample the first 256) and at 2,048 (the
+README's), beside the real-vs-real floor at both sizes (``lab.fid.floor()``). Sample k
+depends on (seed, k) only, so the 512 are the first 512 of the 2,048. The blind models
+also run with the noise level estimated from the image (``fashion-sigma``;
+``rms(noise_hat)`` for the noise-predicting model). The
 class-conditional ``fashion-edm-cond`` runs twice, at guidance scale 1: class-balanced
 (sample k asks for class k mod 10; also scored by the share ``fashion-classifier``
 labels as asked) and with the null class (unconditional).
