@@ -7,8 +7,9 @@ negative), 1,024 class-balanced samples a cell (sample k asks for class k mod 10
 cell of a seed from the same noise, Karras sigmas 80 -> 0.002 (rho 7) at 10 and 20 model
 calls. Scales 1, 2, 4, 8 (12 was to follow if 8 showed no artifacts; it shows them).
 Rules: Euler and DPM-Solver++(2M); heavy ball on DPM-Solver++(2M) at beta 0.2 and 0.5
-(Wizadwongsa et al. 2023's HB, their ``b = 1 - beta``); ``ghvb`` at r 0.8 (heavy ball on Euler) and 1.5 (between Euler and AB2); and
-``extrapolate`` at gamma 2, its best in ``few_step_frontier``.
+(Wizadwongsa et al. 2023's HB, their ``b = 1 - beta``); ``ghvb`` at r 0.8 (heavy ball
+on Euler) and 1.5 (between Euler and AB2); and ``extrapolate`` at gamma 2, its best in
+``few_step_frontier``.
 
 Per cell: FID and KID against the 10,000 test images (clamped samples), the share of
 samples ``fashion-classifier`` labels as the class asked for, and the divergence
