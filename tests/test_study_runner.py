@@ -343,6 +343,82 @@ def test_process_pool_backend_gives_the_in_process_rows(smoke_run, tmp_path):
             assert b["metrics"][name] == pytest.approx(a["metrics"][name], rel=1e-9), name
 
 
+
+ORPHAN_SCRIPT = """
+import os, sys, time
+from lab.study import process_map
+
+def cell(marker):
+    open(marker, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    for _ in process_map(1)(cell, [sys.argv[1]]):
+        pass
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (dead, not yet reaped) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_pool_workers_exit_when_their_runner_is_killed(tmp_path):
+    """A runner killed outright (SIGKILL, or SIGTERM with no handler) runs no cleanup; its
+    workers must not go on spending the cores on cells nobody will keep."""
+    import signal
+
+    script, marker = tmp_path / "runner.py", tmp_path / "worker.pid"
+    script.write_text(ORPHAN_SCRIPT)
+    runner = subprocess.Popen([sys.executable, str(script), str(marker)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 90
+        while not (marker.exists() and marker.read_text()):
+            assert runner.poll() is None and time.monotonic() < deadline, "no worker started"
+            time.sleep(0.2)
+        worker = int(marker.read_text())
+        assert _alive(worker)
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        deadline = time.monotonic() + 15
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker), "the pool worker outlived its killed runner"
+    finally:
+        runner.kill()
+        if marker.exists() and marker.read_text() and _alive(int(marker.read_text())):
+            os.kill(int(marker.read_text()), signal.SIGKILL)
+
+
+
+def test_pivot_columns_in_first_seen_or_ascending_order():
+    """A cell added late (scale 3, run before the grid) sits in its place when asked."""
+    rows = [{"rule": "a", "scale": 3.0, "v": 1}, {"rule": "a", "scale": 8.0, "v": 2},
+            {"rule": "a", "scale": 1.0, "v": 3}, {"rule": "b", "scale": 1.0, "v": 4}]
+    seen = study.pivot(rows, "rule", "scale", lambda r: r["v"], "s{:g}")
+    assert list(seen[0]) == ["rule", "s3", "s8", "s1"]
+    ordered = study.pivot(rows, "rule", "scale", lambda r: r["v"], "s{:g}", sort_columns=True)
+    assert list(ordered[0]) == ["rule", "s1", "s3", "s8"]
+    assert ordered == [{"rule": "a", "s1": 3, "s3": 1, "s8": 2},
+                       {"rule": "b", "s1": 4, "s3": None, "s8": None}]
+
+
+def test_metric_lines_keep_zeros_on_a_linear_axis_and_drop_them_on_a_log_axis():
+    """A share that reaches 0 (no sample overshoots) is a point on a linear axis; on a
+    log axis it cannot be drawn and is left out, as are NaNs on either."""
+    rows = [{"rule": "r", "nfe": n, "share": v}
+            for n, v in [(1, 0.5), (2, 0.0), (4, float("nan")), (8, 0.25)]]
+    fig, (lin, log) = lab.viz.new_figure(1, 2)
+    lab.viz.plot_metric_vs_nfe(lin, rows, "share", logy=False, legend=False)
+    lab.viz.plot_metric_vs_nfe(log, rows, "share", legend=False)
+    assert list(lin.lines[0].get_ydata()) == [0.5, 0.0, 0.25]
+    assert list(log.lines[0].get_ydata()) == [0.5, 0.25]
+    assert lab.viz.one_two_five(0.5, 30) == [0.5, 1, 2, 5, 10, 20]
+
+
 # ---- atomic writes ----------------------------------------------------------------------
 
 

@@ -165,7 +165,7 @@ def headline(rows: list[dict]) -> list[str]:
         at = [r for r in flat if r["budget"] == budget]
         for metric in ("samples_far", "max_abs", "accuracy", "fid"):
             table = study.pivot(at, "label", "scale", lambda r, m=metric: r.get(m),
-                                "scale {:g}")
+                                "scale {:g}", sort_columns=True)
             formats = dict.fromkeys(list(table[0])[1:], FMT[metric])
             lines += [f"`{metric}` at {budget} model calls, by guidance scale:", "",
                       study.markdown_table(table, formats=formats), ""]

@@ -23,6 +23,7 @@ import datetime
 import functools
 import inspect
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -155,10 +156,22 @@ def execute(name: str, run_cell: Callable[[dict], Mapping], cell: Mapping, *,
                 timespec="seconds")}
 
 
-def _one_thread_worker():
+def _one_thread_worker(poll_seconds: float = 1.0):
+    """A pool worker: one torch thread, and it exits once its parent is gone (a killed
+    runner would otherwise leave its workers spending the cores on cells nobody keeps)."""
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+    parent = os.getppid()
+
+    def exit_when_orphaned():
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=exit_when_orphaned, name="orphan-watch", daemon=True).start()
 
 
 def process_map(workers: int) -> Callable:

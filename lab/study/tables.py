@@ -76,14 +76,18 @@ def aggregate(rows: Iterable[Mapping], by: Sequence[str], metrics: Sequence[str]
 
 
 def pivot(rows: Sequence[Mapping], index: str, columns: str, value: Callable[[Mapping], object],
-          header: str = "{}") -> list[dict]:
+          header: str = "{}", sort_columns: bool = False) -> list[dict]:
     """A wide table: one dict per value of ``index``, holding it and one entry per value
     of ``columns`` (named ``header.format(value)``), ``value(row)`` of the row with both
-    values (None where there is none); first-seen order. E.g. rules x budgets::
+    values (None where there is none); first-seen order, or ascending columns with
+    ``sort_columns`` (a cell added late, e.g. scale 3 after 8, still sits in its place).
+    E.g. rules x budgets::
 
         markdown_table(pivot(rows, "rule", "budget", lambda r: f"{r['sw']:.3g}", "B={}"))
     """
     keys = list(dict.fromkeys(r[columns] for r in rows))
+    if sort_columns:
+        keys.sort()
     by = {(r[index], r[columns]): r for r in reversed(rows)}  # the first row wins
     return [{index: i, **{header.format(k): value(by[i, k]) if (i, k) in by else None
                           for k in keys}}

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from .figures import new_figure
 
-__all__ = ["rule_styles", "plot_metric_vs_nfe", "metric_vs_nfe_panels", "loglog_slope",
-           "plot_convergence", "step_angles", "plot_step_angles"]
+__all__ = ["rule_styles", "one_two_five", "plot_metric_vs_nfe", "metric_vs_nfe_panels",
+           "loglog_slope", "plot_convergence", "step_angles", "plot_step_angles"]
 
 MARKERS = "osD^v<>ph*XP"
 
@@ -29,15 +29,18 @@ def rule_styles(labels: Sequence[str], dashed: Sequence[str] = ()) -> dict[str, 
             for i, lab in enumerate(labels)}
 
 
-def _one_two_five(lo: float, hi: float) -> list[float]:
+def one_two_five(lo: float, hi: float) -> list[float]:
+    """The 1-2-5 values between ``lo`` and ``hi`` (tick marks on a log axis)."""
     out = []
     for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
         out += [m * 10.0**e for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
     return [int(v) if v >= 1 else v for v in out]
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+def _finite(v, log: bool = True) -> bool:
+    """A number that can be drawn: finite, and positive on a log axis."""
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and (v > 0 or not log))
 
 
 def plot_metric_vs_nfe(ax, rows: Sequence[Mapping], metric: str, *, x: str = "nfe",
@@ -48,9 +51,9 @@ def plot_metric_vs_nfe(ax, rows: Sequence[Mapping], metric: str, *, x: str = "nf
                        xticks: Sequence[float] | None = None, yerr: str | None = None):
     """One line per ``group`` (rule) of ``metric`` against ``x`` (NFE), log-log.
 
-    ``rows`` are dicts; rows without a positive finite ``metric`` (a failed run, a rule
-    that did not fit the budget) are left out. Rows with ``stochastic`` true are drawn
-    dashed. ``floor`` draws a horizontal reference line. ``xticks`` (default: the x
+    ``rows`` are dicts; rows without a finite ``metric`` (a failed run, a rule that did
+    not fit the budget), or with a non-positive one on a log axis, are left out. Rows
+    with ``stochastic`` true are drawn dashed. ``floor`` draws a horizontal reference line. ``xticks`` (default: the x
     values if there are few, else 1-2-5 steps) are labelled as plain numbers. ``yerr``
     names a column (e.g. ``"fid_std"``) drawn as error bars where it is set.
     """
@@ -61,14 +64,16 @@ def plot_metric_vs_nfe(ax, rows: Sequence[Mapping], metric: str, *, x: str = "nf
     ticks = set()
     for g in groups:
         pts = sorted((r[x], r[metric]) for r in rows
-                     if r[group] == g and _finite(r.get(metric)) and _finite(r.get(x)))
+                     if r[group] == g and _finite(r.get(metric), logy)
+                     and _finite(r.get(x), logx))
         if not pts:
             continue
         ticks.update(p[0] for p in pts)
         (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=g, markersize=4,
                           lw=1.2, **styles.get(g, {}))
         bars = [(r[x], r[metric], r[yerr]) for r in rows if yerr and r[group] == g
-                and _finite(r.get(metric)) and _finite(r.get(x)) and _finite(r.get(yerr))]
+                and _finite(r.get(metric), logy) and _finite(r.get(x), logx)
+                and _finite(r.get(yerr), False)]
         if bars:
             ax.errorbar(*zip(*bars), fmt="none", ecolor=line.get_color(), capsize=3, lw=1)
     if floor is not None:
@@ -76,7 +81,7 @@ def plot_metric_vs_nfe(ax, rows: Sequence[Mapping], metric: str, *, x: str = "nf
     if logx:
         ax.set_xscale("log")
         if xticks is None and ticks:
-            xticks = sorted(ticks) if len(ticks) <= 8 else _one_two_five(min(ticks), max(ticks))
+            xticks = sorted(ticks) if len(ticks) <= 8 else one_two_five(min(ticks), max(ticks))
         if xticks:
             ax.set_xticks(list(xticks))
             ax.xaxis.set_major_formatter(ScalarFormatter())

@@ -25,7 +25,7 @@ from .. import guidance, metrics, viz
 from ..data import CLASSES
 from ..sample import sample
 from ..trajectory import Trajectory
-from ..viz.curves import _one_two_five
+from ..viz.curves import one_two_five
 from .display import STYLE
 from .panels import RulePanel
 
@@ -62,7 +62,7 @@ def class_ids(choice: str, n: int) -> Tensor | None:
 def interval_choices(sigma_min: float = 0.002, sigma_max: float = 80.0):
     """``(label, sigma)`` options of the interval slider: the model's range, with the
     1-2-5 values (0.01, 0.02, 0.05, 0.1, ...) between its ends."""
-    inner = [v for v in _one_two_five(sigma_min, sigma_max) if sigma_min < v < sigma_max]
+    inner = [v for v in one_two_five(sigma_min, sigma_max) if sigma_min < v < sigma_max]
     return [(f"{s:g}", float(s)) for s in (sigma_min, *inner, sigma_max)]
 
 
