@@ -55,7 +55,8 @@ def plot_metric_vs_nfe(ax, rows: Sequence[Mapping], metric: str, *, x: str = "nf
     not fit the budget), or with a non-positive one on a log axis, are left out. Rows
     with ``stochastic`` true are drawn dashed. ``floor`` draws a horizontal reference
     line. ``xticks`` (default: the x values if there are few, else 1-2-5 steps) are
-    labelled as plain numbers. ``yerr`` names a column (e.g. ``"fid_std"``) drawn as error bars where it is set.
+    labelled as plain numbers. ``yerr`` names a column (e.g. ``"fid_std"``) drawn as
+    error bars where it is set.
     """
     groups = list(groups) if groups is not None else list(dict.fromkeys(r[group] for r in rows))
     if styles is None:
