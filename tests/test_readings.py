@@ -68,6 +68,9 @@ ALLOWED: dict[str, dict[str, str | Other]] = {
     },
     "rules_vs_nfe": {"0.5": "beta, a rule parameter", "0.3": "beta", "0.7": "beta",
                      "6.5": "seconds per call, rounded from the rows' seconds / NFE"},
+    "guidance_momentum": {"1.5": "the artifact threshold |x| > 1.5, and r of ghvb",
+                          "4.81": Other("few_step_frontier"), "2.05": Other("model_zoo"),
+                          "3.75": Other("model_zoo")},
     "exact_error_vs_nfe": {"0.9": "beta, a rule parameter", "0.99": "beta",
                            "3.8": "observed order: summary's slope of log error on log NFE",
                            "4.0": "observed order (the same slope)"},
@@ -160,7 +163,8 @@ READINGS = sorted(RESULTS.glob("*/READING.md"))
 def test_every_reading_is_checked():
     assert {p.parent.name for p in READINGS} >= {"rules_vs_nfe", "exact_error_vs_nfe",
                                                   "dropping_timestep", "perceptual_loss",
-                                                  "noise_reinjection"}
+                                                  "noise_reinjection", "few_step_frontier",
+                                                  "guidance_momentum"}
 
 
 @pytest.mark.parametrize("reading", READINGS, ids=lambda p: p.parent.name)
