@@ -19,6 +19,12 @@ def test_out_of_range_counts_pixels_and_samples_beyond_the_limit():
     got = lab.metrics.out_of_range(x)
     assert got["pixels_out"] == pytest.approx(4 / (4 * 784))
     assert got["samples_out"] == 0.5
+    assert got["max_abs"] == pytest.approx((1.5 + 1.01 + 1.0 + 0.0) / 4)
+    assert "samples_far" not in got
+    far = lab.metrics.out_of_range(x, far=1.2)  # only sample 0's three pixels
+    assert far["pixels_far"] == pytest.approx(3 / (4 * 784))
+    assert far["samples_far"] == 0.25
+    assert {k: far[k] for k in got} == got
 
 
 def test_class_accuracy_of_test_images_and_a_clear_error_on_mismatched_classes():

@@ -121,10 +121,7 @@ def run_cell(cell: dict) -> dict:
         out["share_k"] = float((labels == wanted).double().mean())
     else:
         out["accuracy"] = float((labels == wanted).double().mean())
-    far = lab.metrics.out_of_range(x, FAR)
-    return {**out, "status": "ok", **lab.metrics.out_of_range(x),
-            "pixels_far": far["pixels_out"], "samples_far": far["samples_out"],
-            "max_abs": float(x.abs().flatten(1).amax(1).mean()),
+    return {**out, "status": "ok", **lab.metrics.out_of_range(x, far=FAR),
             **lab.metrics.image_scores(x), "preview": viz.images_to_text(x[:PREVIEW].clamp(-1, 1))}
 
 

@@ -164,16 +164,14 @@ class _GuidedPanel(RulePanel):
         """Out-of-range pixels of the final samples before clamping (divergence artifacts):
         beyond [-1, 1], and beyond ``[-FAR, FAR]`` (the data's background sits at -1, so a
         hair of noise puts many pixels just past it)."""
-        far = metrics.out_of_range(traj.x, FAR)
-        return {**metrics.out_of_range(traj.x), "pixels_far_out": far["pixels_out"],
-                "max_abs": float(traj.x.abs().max())}
+        return metrics.out_of_range(traj.x, far=FAR)
 
     def describe(self) -> dict[str, str]:
         s, n = self.stats, self.shape[0]
         return {"pixels beyond [-1, 1] before clamping": f"{100 * s['pixels_out']:.1f} %",
-                f"beyond [-{FAR:g}, {FAR:g}]": f"{100 * s['pixels_far_out']:.2f} %",
+                f"beyond [-{FAR:g}, {FAR:g}]": f"{100 * s['pixels_far']:.2f} %",
                 "samples with any beyond [-1, 1]": _rate(round(s["samples_out"] * n), n),
-                "largest |pixel|": f"{s['max_abs']:.3g}"}
+                "mean largest |pixel|": f"{s['max_abs']:.3g}"}
 
 
 class GuidancePanel(_GuidedPanel):
