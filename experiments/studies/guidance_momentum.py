@@ -182,6 +182,8 @@ def render(rows: list[dict], out_dir) -> None:
     budgets = sorted({r["budget"] for r in flat})
     if flat:
         fig, axes = viz.new_figure(len(budgets), 3, panel_size=(4.2, 3.2), squeeze=False)
+        groups = list(dict.fromkeys(r["label"] for r in flat))
+        styles = viz.rule_styles(groups)  # one colour per rule in every panel
         for j, budget in enumerate(budgets):
             at = [r for r in flat if r["budget"] == budget and r["status"] == "ok"]
             for i, (metric, name, logy) in enumerate([
@@ -189,10 +191,13 @@ def render(rows: list[dict], out_dir) -> None:
                     ("accuracy", "share classified as asked", False), ("fid", "FID", True)]):
                 ax = axes[j, i]
                 viz.plot_metric_vs_nfe(ax, at, metric, x="scale", group="label", logy=logy,
-                                       xticks=sorted({r["scale"] for r in at}), ylabel=name,
-                                       legend=(i == 0 and j == 0))
+                                       groups=groups, styles=styles, legend=False, ylabel=name,
+                                       xticks=sorted({r["scale"] for r in at}))
                 ax.set_xlabel("guidance scale")
                 ax.set_title(f"{budget} model calls")
+        handles = {lab_: h for ax in axes.flat for h, lab_ in zip(*ax.get_legend_handles_labels())}
+        fig.legend(list(handles.values()), list(handles), loc="outside right center",
+                   fontsize="small")
         viz.save_figure(fig, out_dir / PLOT, dpi=110)
     _sample_grids(rows, out_dir)
 
