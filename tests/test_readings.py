@@ -69,6 +69,8 @@ ALLOWED: dict[str, dict[str, str | Other]] = {
     "rules_vs_nfe": {"0.5": "beta, a rule parameter", "0.3": "beta", "0.7": "beta",
                      "6.5": "seconds per call, rounded from the rows' seconds / NFE"},
     "guidance_momentum": {"1.5": "the artifact threshold |x| > 1.5, and r of ghvb",
+                          "0.28": "the guidance interval's lower end, a cell parameter",
+                          "5.42": "the guidance interval's upper end, a cell parameter",
                           "4.81": Other("few_step_frontier"), "2.05": Other("model_zoo"),
                           "3.75": Other("model_zoo")},
     "exact_error_vs_nfe": {"0.9": "beta, a rule parameter", "0.99": "beta",
