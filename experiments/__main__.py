@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="output folder (default results/<study>[-fast])")
     p.add_argument("--limit", type=int, help="run at most this many new cells, then stop")
     p.add_argument("--list", action="store_true", help="list the cells and which are done")
+    p.add_argument("--redo", nargs="+", metavar="KEY", default=(),
+                   help="run these done cells again (keys or unique prefixes from --list); "
+                        "each old row stays until its new row replaces it")
     p.add_argument("--render-only", action="store_true",
                    help="run no cell; redraw plots and summary.md if every cell is done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -122,7 +125,8 @@ def main(argv=None) -> int:
         return 0
     try:
         rows = runner.run(module, out, fast=args.fast, limit=0 if args.render_only else args.limit,
-                          progress=not args.quiet, map=backend, placement=placement)
+                          progress=not args.quiet, map=backend, placement=placement,
+                          redo=args.redo)
     except runner.StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -188,6 +188,19 @@ def test_sample_cell_samples_the_cells_noise_at_its_budget_or_says_why_not():
         None, "does not fit the budget")
 
 
+def test_sample_cell_starts_its_noise_where_the_schedule_starts():
+    """A tuned schedule from sigma 35 starts from noise of size 35, not the study's 80
+    (the bug that once scored tuned cells at FID 131 instead of about 6)."""
+    m = smoke.model("gaussian")
+    cell = {"rule": "euler", "params": {}, "budget": 4, "seed": 3, "samples": 4}
+    tuned = lambda n: lab.schedules.karras(n, 0.01, 35.0)  # noqa: E731
+    traj, _ = study.sample_cell(m, cell, tuned, dtype=torch.float64)
+    x = lab.noise((4, 2), seed=3, dtype=torch.float64) * 35.0
+    assert torch.equal(traj.x, lab.sample(m, x, tuned(4), "euler", seed=3).x)
+    with pytest.raises(ValueError, match="schedule starts at sigma 35.*drop sigma_max"):
+        study.sample_cell(m, cell, tuned, sigma_max=80.0)
+
+
 def test_the_runner_runs_each_cell_on_one_torch_thread(tmp_path):
     s = fake(n=1)
     s.run_cell = lambda cell: {"threads": torch.get_num_threads()}
@@ -296,6 +309,24 @@ def test_limit_runs_a_few_cells_per_call(tmp_path):
     assert len(study.run(s, tmp_path, progress=False)) == 5
     assert s.calls == [0, 1, 2, 3, 4]
     assert (tmp_path / "summary.md").exists()
+
+
+def test_redo_reruns_named_cells_and_keeps_their_old_rows_until_replaced(tmp_path, capsys):
+    s = fake(n=4)
+    study.run(s, tmp_path, progress=False)
+    keys = [r["key"] for r in lines_of(tmp_path / study.ROWS)]
+    broken = fake(n=4, interrupt_at=1)  # a redo stopped by Ctrl-C loses nothing
+    with pytest.raises(KeyboardInterrupt):
+        study.run(broken, tmp_path, progress=False, redo=[keys[2][:6]])
+    assert [r["key"] for r in lines_of(tmp_path / study.ROWS)] == keys
+    again = fake(n=4)
+    rows = study.run(again, tmp_path, progress=False, redo=[keys[1], keys[3][:8]])
+    assert again.calls == [1, 3] and [r["key"] for r in rows] == keys
+    assert sorted(r["key"] for r in lines_of(tmp_path / study.ROWS)) == sorted(keys)
+    with pytest.raises(study.StudyError, match="matches 0 of the study's cells"):
+        study.run(again, tmp_path, progress=False, redo=["zz"])
+    with pytest.raises(study.StudyError, match="matches 4 of"):
+        study.run(again, tmp_path, progress=False, redo=[""])
 
 
 def test_cli_limit_list_and_resume(tmp_path, capsys):

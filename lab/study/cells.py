@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -113,7 +114,7 @@ def start_noise(model, samples: int, seed: int, sigma_max: float,
 
 
 def sample_cell(model, cell: Mapping, schedule: Callable[[int], torch.Tensor], *,
-                sigma_max: float, rule=None, dtype: torch.dtype = torch.float32,
+                sigma_max: float | None = None, rule=None, dtype: torch.dtype = torch.float32,
                 record: str = "final", **kwargs):
     """The opening of a budgeted sampling cell: :func:`start_noise`, then
     :func:`lab.sample.try_sample_at_budget` with ``rule`` (default ``cell["rule"]`` with
@@ -121,12 +122,20 @@ def sample_cell(model, cell: Mapping, schedule: Callable[[int], torch.Tensor], *
     ``cell["seed"]``. Returns ``(traj, "ok")`` or ``(None, status)``; ``kwargs`` go to
     :func:`lab.sample` (e.g. ``sigma_estimate``).
 
+    The noise is scaled to the schedule's first sigma. ``sigma_max``, if given, must be
+    that sigma: a schedule that starts elsewhere (a tuned ``sigma_max``) would otherwise
+    start from noise of the wrong size, silently.
+
     The sampling runs on the run's device and dtype (:mod:`lab.study.placement`: the
     noise drawn here on the CPU, then moved); ``traj`` comes back on the CPU in
     ``dtype``."""
     if rule is None:
         rule = get(cell["rule"], **cell.get("params", {}))
-    x = start_noise(model, cell["samples"], cell["seed"], sigma_max, dtype)
+    start = float(schedule(1)[0])  # every schedule of a cell starts where its noise does
+    if sigma_max is not None and not math.isclose(start, sigma_max, rel_tol=1e-6):
+        raise ValueError(f"the schedule starts at sigma {start:g}, but the noise is asked at "
+                         f"{sigma_max:g}; drop sigma_max (the schedule's start is used)")
+    x = start_noise(model, cell["samples"], cell["seed"], start, dtype)
     traj, status = try_sample_at_budget(place_model(model), place_sample(x), rule,
                                         cell["budget"], schedule, seed=cell["seed"],
                                         record=record, **kwargs)

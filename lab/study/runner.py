@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -262,7 +262,7 @@ def status(study, out_dir, fast: bool = False) -> list[tuple[str, dict, bool]]:
 
 def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
         progress: bool = True, map: Callable = map, render: bool = True,
-        placement: Placement | None = None) -> list[dict]:
+        placement: Placement | None = None, redo: Sequence[str] = ()) -> list[dict]:
     """Run the cells of ``study`` not yet in ``out_dir/rows.jsonl``; render when all are done.
 
     Each finished cell's row is added to ``rows.jsonl`` at once, atomically, so a run
@@ -279,6 +279,10 @@ def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
 
     ``placement`` (:class:`lab.study.Placement`, ``--device`` / ``--dtype``) is where
     each cell samples; a folder keeps one dtype (another is a :class:`StudyError`).
+
+    ``redo``: keys (or unique key prefixes, as ``--list`` and summaries print them) of
+    done cells to run again, after a fix to how they are computed. Each old row stays
+    until its new row replaces it, so an interrupted redo loses nothing.
     """
     placement = placement or Placement()
     name = study_name(study)
@@ -291,8 +295,9 @@ def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
         for stale in out_dir.glob(".*.tmp"):  # left by a killed run; we hold the lock
             stale.unlink(missing_ok=True)
         rows = read_rows(path)
-        done = {row["key"] for row in rows}
         keys = [cell_key(c) for c in cells]
+        again = _resolve_keys(redo, keys)
+        done = {row["key"] for row in rows} - again
         write_json(out_dir / MANIFEST, {
             "study": name, "fast": fast,
             **({"dtype": placement.dtype} if placement.dtype else {}),
@@ -312,7 +317,7 @@ def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
             for row in map(work, pending):
                 if row["key"] in done:  # a backend that delivered one twice
                     continue
-                rows.append(row)
+                rows = [r for r in rows if r["key"] != row["key"]] + [row]  # a redo replaces
                 done.add(row["key"])
                 write_rows(path, rows)
                 if bar is not None:
@@ -326,6 +331,21 @@ def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
         if render and len(current) == len(cells):
             study.render(current, out_dir)
         return current
+
+
+def _resolve_keys(wanted: Sequence[str], keys: Sequence[str]) -> set[str]:
+    """The full keys of ``keys`` that ``wanted`` names, each by its key or a unique
+    prefix; a name matching none or several is a :class:`StudyError`."""
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    out = set()
+    for w in wanted:
+        hits = [k for k in keys if k.startswith(str(w))]
+        if len(hits) != 1:
+            raise StudyError(f"--redo {w!r} matches {len(hits)} of the study's cells; give a "
+                             "key (or a longer prefix) from `--list` or the summary's cells")
+        out.add(hits[0])
+    return out
 
 
 def cell_label(cell: Mapping) -> str:
