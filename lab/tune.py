@@ -28,9 +28,31 @@ from .sample import NonFiniteError, sample
 from .schedule_search import fingerprint
 from .seeding import CALIBRATION_SEED, noise
 
-__all__ = ["search_space", "Tuned", "tune", "objective_score"]
+__all__ = ["search_space", "Tuned", "tune", "objective_score", "open_storage"]
 
 FAILED = 1e6  # a trial whose samples went NaN, or whose budget holds no step
+HEARTBEAT_SECONDS = 10  # a trial whose process died is failed, then retried, after 3 beats
+
+
+def open_storage(path: Path):
+    """The optuna SQLite storage at ``path``, with heartbeats: a trial left RUNNING by a
+    killed search is failed once it misses three beats, and run again with the same
+    parameters (optuna's ``RetryFailedTrialCallback``), so a kill loses no trial, not
+    even the defaults trial the search starts from."""
+    import warnings
+
+    import optuna
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # optuna 4.9 renamed the callback; the old name stays for older optuna
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
+                    optuna.storages.RetryFailedTrialCallback)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            f"sqlite:///{Path(path).resolve()}", heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=3 * HEARTBEAT_SECONDS,
+            heartbeat_stale_trial_callback=retry(max_retry=1))
 
 
 def search_space(rule: str, model) -> dict[str, tuple]:
@@ -162,13 +184,12 @@ def tune(model, rule: str, budget: int, *, trials: int = 40, storage: Path,
         rule_obj, schedule = _rule_and_schedule(rule, params)
         return objective_score(model, rule_obj, schedule, budget, x, objective, target)
 
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         # keyed by the model's weights too: retrained weights do not inherit old trials
         study_name=f"{model_name}/{fingerprint(model)[:16]}/{rule}/{budget}/{objective}/"
                    f"{calibration}",
-        storage=f"sqlite:///{Path(storage).resolve()}", load_if_exists=True,
+        storage=open_storage(storage), load_if_exists=True,
         direction="minimize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
     if not study.trials:  # the first trial is the rule's defaults on Karras (rho 7)
         start = {**{n: v for p in _rules.describe(rule) for n, v in _flat_default(p)},
@@ -180,5 +201,5 @@ def tune(model, rule: str, budget: int, *, trials: int = 40, storage: Path,
         study.optimize(run, n_trials=trials - done, show_progress_bar=progress)
     best = {**fixed, **study.best_trial.params}
     sched = {k: best.pop(k) for k in ("sigma_min", "sigma_max", "rho")}
-    return Tuned(rule, best, sched, float(study.best_value), len(study.trials), budget,
-                 objective)
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    return Tuned(rule, best, sched, float(study.best_value), complete, budget, objective)

@@ -53,6 +53,31 @@ def test_tuning_beats_the_defaults_resumes_and_reproduces(model, tmp_path):
     assert more.trials == 10 and more.value <= first.value
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks a trial by hand
+def test_a_trial_whose_process_died_is_failed_and_run_again(model, tmp_path, monkeypatch):
+    """A search killed mid-trial leaves it RUNNING; the resumed search fails it once its
+    heartbeat is stale and runs its parameters again, so no trial is silently lost."""
+    import time
+
+    import optuna
+
+    monkeypatch.setattr(tune, "HEARTBEAT_SECONDS", 1)
+    db = tmp_path / "tune.db"
+    kwargs = dict(storage=db, objective="exact", calibration=16)
+    tune.tune(model, "euler", 4, trials=2, **kwargs)
+    storage = tune.open_storage(db)
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    dead = study.ask(study.trials[0].distributions)  # suggested, then the process died
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(5)  # past the grace period of 3 beats (SQLite's clock has whole seconds)
+    assert tune.tune(model, "euler", 4, trials=3, **kwargs).trials == 3
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == dead.params
+
+
 def test_bad_requests(model, tmp_path):
     with pytest.raises(ValueError, match="unknown rule"):
         tune.tune(model, "nope", 5, storage=tmp_path / "t.db")
