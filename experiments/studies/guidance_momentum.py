@@ -15,7 +15,8 @@ Per cell: FID and KID against the 10,000 test images (clamped samples), the shar
 samples ``fashion-classifier`` labels as the class asked for, and the divergence
 artifacts guidance causes, before clamping: the share of pixels beyond [-1, 1] and of
 samples with any, the same beyond ±1.5 (every 10-call sample of DPM-Solver++(2M)
-overshoots ±1 somewhere, at scale 1 too), and the mean largest |pixel|. Rows carry 16 samples for the grids.
+overshoots ±1 somewhere, at scale 1 too), and the mean largest |pixel|. Rows carry 16
+samples for the grids.
 
 Beside the grid, the checks the issue's targets need: DPM-Solver++(2M) at scale 3;
 "anything but class k" (``cond=None, negative=k``) at scales 1 and 3, scored by the share
@@ -215,8 +216,8 @@ def render(rows: list[dict], out_dir) -> None:
         "`fashion-classifier` labels as the class asked for; before clamping, `pixels_out`: "
         f"the share of pixels beyond [-1, 1], `samples_far`: the share of samples with a "
         f"pixel beyond ±{FAR:g} (a visible artifact; at 10 calls every DPM-Solver++(2M) "
-        "sample has some pixel beyond ±1, at scale 1 too), `max_abs`: the mean over samples of the largest |pixel|. Std over "
-        "seeds 0, 1, 2 where measured.", "",
+        "sample has some pixel beyond ±1, at scale 1 too), `max_abs`: the mean over "
+        "samples of the largest |pixel|. Std over seeds 0, 1, 2 where measured.", "",
         f"![guidance]({PLOT})", "",
         *headline(rows),
         "## Every cell", "",
