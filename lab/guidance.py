@@ -31,8 +31,8 @@ from .seeding import noise as draw_noise
 from .tensors import per_sample
 from .trajectory import Trajectory
 
-__all__ = ["cfg", "Guided", "loss", "LossGuided", "class_log_prob", "brightness",
-           "perceptual_distance", "img2img", "inpaint"]
+__all__ = ["cfg", "Guided", "balanced_classes", "loss", "LossGuided", "class_log_prob",
+           "brightness", "perceptual_distance", "img2img", "inpaint"]
 
 
 def _check_scale(scale, name: str = "scale") -> float:
@@ -130,6 +130,12 @@ class LossGuided(Denoiser):
                                  f"({x.shape[0]},), got {tuple(value.shape)}")
             (grad,) = torch.autograd.grad(value.sum(), xg)
         return (x0 - self.scale * per_sample(sigma**2, x).to(x.dtype) * grad).detach()
+
+
+def balanced_classes(n: int, classes: int = 10) -> Tensor:
+    """Class-balanced requests ``(n,)``: sample k asks for class ``k mod classes``, so a
+    sample's class depends on its index alone, as its noise does on (seed, k)."""
+    return torch.arange(int(n)) % int(classes)
 
 
 def loss(model, fn: Callable[[Tensor], Tensor], scale: float = 1.0) -> LossGuided:

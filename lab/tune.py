@@ -37,22 +37,20 @@ HEARTBEAT_SECONDS = 10  # a trial whose process died is failed, then retried, af
 def open_storage(path: Path):
     """The optuna SQLite storage at ``path``, with heartbeats: a trial left RUNNING by a
     killed search is failed once it misses three beats, and run again with the same
-    parameters (optuna's ``RetryFailedTrialCallback``), so a kill loses no trial, not
+    parameters (optuna's ``RetryHeartbeatStaleTrialCallback``), so a kill loses no trial, not
     even the defaults trial the search starts from."""
     import warnings
 
     import optuna
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # optuna 4.9 renamed the callback; the old name stays for older optuna
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
-                    optuna.storages.RetryFailedTrialCallback)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(
             f"sqlite:///{Path(path).resolve()}", heartbeat_interval=HEARTBEAT_SECONDS,
             grace_period=3 * HEARTBEAT_SECONDS,
-            heartbeat_stale_trial_callback=retry(max_retry=1))
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1))
 
 
 def search_space(rule: str, model) -> dict[str, tuple]:

@@ -96,13 +96,13 @@ def guided_labels(cm, cond, scale, negative=None, n=200, calls=10):
 
 
 def test_scale_3_gives_the_class_asked_for_and_beats_scale_1(cm):
-    wanted = gm.classes_of(200)
+    wanted = lab.guidance.balanced_classes(200)
     acc = {s: float((guided_labels(cm, wanted, s) == wanted).double().mean()) for s in (1.0, 3.0)}
     assert acc[3.0] >= 0.95 and acc[3.0] > acc[1.0], acc
 
 
 def test_anything_but_k_avoids_k(cm):
-    k = gm.classes_of(200)
+    k = lab.guidance.balanced_classes(200)
     share = float((guided_labels(cm, None, 3.0, negative=k) == k).double().mean())
     assert share <= 0.02, share
 

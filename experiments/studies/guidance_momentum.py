@@ -88,11 +88,6 @@ def karras(n: int) -> torch.Tensor:
     return lab.schedules.karras(n, SIGMA_MIN, SIGMA_MAX)
 
 
-def classes_of(samples: int) -> torch.Tensor:
-    """Class-balanced requests: sample k asks for class k mod 10."""
-    return torch.arange(samples) % CLASSES
-
-
 def label_of(cell: dict) -> str:
     if "img2img" in cell:
         return f"img2img {cell['img2img']:g}"
@@ -111,7 +106,7 @@ def run_cell(cell: dict) -> dict:
     out = {"label": label_of(cell), "kind": "not k" if cell.get("negative") else "cfg",
            "nfe": None, "fid": None, "accuracy": None}
     m = model(cell["model"])
-    wanted = classes_of(cell["samples"])
+    wanted = lab.guidance.balanced_classes(cell["samples"], CLASSES)
     if cell.get("negative"):  # "anything but k": no class asked, class k pushed away
         guided = lab.guidance.cfg(m, None, cell["scale"], negative=wanted)
     else:

@@ -20,8 +20,6 @@ only its cells. ``--fast``: 64 samples, 4 steps, ``fashion-edm`` only.
 
 from __future__ import annotations
 
-import torch
-
 import lab
 from lab import io, study, viz
 
@@ -57,7 +55,7 @@ def run_cell(cell: dict) -> dict:
     source, cond = cell["sigma_from"], cell.get("cond")
     sig = lab.schedules.karras(cell["steps"], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
     x = study.start_noise(m, cell["samples"], cell["seed"], float(sig[0]))
-    wanted = torch.arange(cell["samples"]) % 10
+    wanted = lab.guidance.balanced_classes(cell["samples"])
     if cond is not None:  # scale 1: the conditional model itself, asked for a class or not
         m = lab.guidance.cfg(m, wanted if cond == "balanced" else None, 1.0)
     traj = lab.sample(m, x, sig, cell["rule"], record="final", sigma_estimate=source)

@@ -317,7 +317,9 @@ def run(study, out_dir, *, fast: bool = False, limit: int | None = None,
             for row in map(work, pending):
                 if row["key"] in done:  # a backend that delivered one twice
                     continue
-                rows = [r for r in rows if r["key"] != row["key"]] + [row]  # a redo replaces
+                if row["key"] in again:  # the old row goes only now that the new one is here
+                    rows = [r for r in rows if r["key"] != row["key"]]
+                rows.append(row)
                 done.add(row["key"])
                 write_rows(path, rows)
                 if bar is not None:

@@ -24,6 +24,7 @@ from torch import Tensor
 from .. import guidance, metrics, viz
 from ..data import CLASSES
 from ..sample import sample
+from ..tensors import rms
 from ..trajectory import Trajectory
 from ..viz.curves import one_two_five
 from .display import STYLE
@@ -52,7 +53,7 @@ def class_ids(choice: str, n: int) -> Tensor | None:
     if choice == NULL_CLASS:
         return None
     if choice == EACH_CLASS:
-        return torch.arange(n) % len(CLASSES)
+        return guidance.balanced_classes(n, len(CLASSES))
     if choice not in CLASSES:
         raise ValueError(f"unknown class {choice!r}; choose one of {list(CLASSES)}, "
                          f"{EACH_CLASS!r} or {NULL_CLASS!r}")
@@ -351,7 +352,7 @@ class Img2ImgPanel(_GuidedPanel):
         return traj
 
     def measure(self, traj: Trajectory) -> dict:
-        change = (traj.x.clamp(-1, 1) - self.image()).flatten(1).pow(2).mean(1).sqrt()
+        change = rms(traj.x.clamp(-1, 1) - self.image())
         return {**super().measure(traj), "rms_change": change,
                 "labels": metrics.classify(traj.x, self.classifier),
                 "image_label": int(metrics.classify(self.image()[:1], self.classifier)[0])}
